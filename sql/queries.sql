@@ -1,0 +1,235 @@
+-- Named queries, loaded once by usage_ingest.store. Every value is a bound parameter.
+
+-- name: fetch_reference
+-- The reference data one batch needs, in one round trip: the product items it
+-- names, the contracts it names by id or by debtor (active within the batch's
+-- days), the inventory records of those contracts' sites for those products,
+-- and which of its operating sites exist.
+-- $1 product references, $2 contract ids, $3 debtor ids, $4 operating sites,
+-- $5 first day, $6 last day of the batch.
+WITH products AS (
+    SELECT id, reference, type, status
+    FROM product_items
+    WHERE reference = ANY($1::text[])
+), matched_contracts AS (
+    SELECT id, debtor_id, site_id, start_date, end_date
+    FROM contracts
+    WHERE (id = ANY($2::bigint[]) OR debtor_id = ANY($3::bigint[]))
+), inventories AS (
+    SELECT id, site_id, usage_product_id, start_date, end_date, billable
+    FROM usage_product_inventories
+    WHERE site_id IN (SELECT site_id FROM matched_contracts)
+      AND usage_product_id IN (SELECT id FROM products)
+      AND start_date <= $6::date
+      AND (end_date IS NULL OR end_date >= $5::date)
+)
+SELECT
+    (SELECT coalesce(array_agg(code), '{}') FROM operating_sites WHERE code = ANY($4::text[]))
+        AS operating_sites,
+    (SELECT coalesce(jsonb_agg(p), '[]') FROM products p) AS products,
+    (SELECT coalesce(jsonb_agg(c), '[]') FROM matched_contracts c) AS contracts,
+    (SELECT coalesce(jsonb_agg(i), '[]') FROM inventories i) AS inventories;
+
+-- name: insert_usages
+-- Claim and write in one statement (SPEC.md §6): rows whose external reference
+-- is new are inserted; for the others the stored row's id, hash and source come
+-- back so the caller can tell a duplicate from a conflict. Rows go in
+-- external_reference order so two workers lock keys in the same order and
+-- cannot deadlock each other.
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        $1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
+        $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::jsonb[],
+        $12::jsonb[], $13::text[], $14::jsonb[], $15::jsonb[], $16::boolean[], $17::text[],
+        $18::text[], $19::text[], $20::integer[], $21::bigint[]
+    ) AS t(
+        external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
+        description, start_date, end_date, operating_site, tax_location,
+        performance_location, service_country, unit_quantities, properties, billable, payload_hash,
+        raw_payload, source_topic, source_partition, source_offset
+    )
+), inserted AS (
+    INSERT INTO usages (
+        external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
+        description, start_date, end_date, operating_site, tax_location,
+        performance_location, service_country, unit_quantities, properties, billable, payload_hash,
+        raw_payload, source_topic, source_partition, source_offset
+    )
+    SELECT * FROM input ORDER BY external_reference
+    ON CONFLICT (external_reference) DO NOTHING
+    RETURNING id, external_reference
+)
+SELECT
+    input.external_reference,
+    inserted.id AS inserted_id,
+    stored.id AS stored_id,
+    stored.payload_hash AS stored_hash,
+    stored.source_topic AS stored_topic,
+    stored.source_partition AS stored_partition,
+    stored.source_offset AS stored_offset
+FROM input
+LEFT JOIN inserted USING (external_reference)
+LEFT JOIN usages stored
+    ON stored.external_reference = input.external_reference AND inserted.id IS NULL;
+
+-- name: fetch_stored_usages
+-- The stored rows for references a concurrent transaction committed while
+-- insert_usages ran (its snapshot could not see them).
+SELECT
+    external_reference,
+    NULL::bigint AS inserted_id,
+    id AS stored_id,
+    payload_hash AS stored_hash,
+    source_topic AS stored_topic,
+    source_partition AS stored_partition,
+    source_offset AS stored_offset
+FROM usages
+WHERE external_reference = ANY($1::text[]);
+
+-- name: upsert_operating_sites
+INSERT INTO operating_sites (code)
+SELECT unnest($1::text[])
+ON CONFLICT (code) DO NOTHING
+RETURNING code;
+
+-- name: upsert_product_item_by_id
+INSERT INTO product_items AS t (
+    id, reference, name, description, type, status, tax_category, display_order, unit_name,
+    custom_fields
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb)
+ON CONFLICT (id) DO UPDATE SET
+    reference = EXCLUDED.reference, name = EXCLUDED.name, description = EXCLUDED.description,
+    type = EXCLUDED.type, status = EXCLUDED.status, tax_category = EXCLUDED.tax_category,
+    display_order = EXCLUDED.display_order, unit_name = EXCLUDED.unit_name,
+    custom_fields = EXCLUDED.custom_fields, updated_at = now()
+WHERE (t.reference, t.name, t.description, t.type, t.status, t.tax_category, t.display_order,
+       t.unit_name, t.custom_fields)
+    IS DISTINCT FROM
+      (EXCLUDED.reference, EXCLUDED.name, EXCLUDED.description, EXCLUDED.type, EXCLUDED.status,
+       EXCLUDED.tax_category, EXCLUDED.display_order, EXCLUDED.unit_name, EXCLUDED.custom_fields)
+RETURNING id, (xmax = 0) AS inserted;
+
+-- name: upsert_product_item_by_reference
+INSERT INTO product_items AS t (
+    reference, name, description, type, status, tax_category, display_order, unit_name,
+    custom_fields
+)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
+ON CONFLICT (reference) DO UPDATE SET
+    name = EXCLUDED.name, description = EXCLUDED.description,
+    type = EXCLUDED.type, status = EXCLUDED.status, tax_category = EXCLUDED.tax_category,
+    display_order = EXCLUDED.display_order, unit_name = EXCLUDED.unit_name,
+    custom_fields = EXCLUDED.custom_fields, updated_at = now()
+WHERE (t.name, t.description, t.type, t.status, t.tax_category, t.display_order,
+       t.unit_name, t.custom_fields)
+    IS DISTINCT FROM
+      (EXCLUDED.name, EXCLUDED.description, EXCLUDED.type, EXCLUDED.status,
+       EXCLUDED.tax_category, EXCLUDED.display_order, EXCLUDED.unit_name, EXCLUDED.custom_fields)
+RETURNING id, (xmax = 0) AS inserted;
+
+-- name: upsert_contract
+INSERT INTO contracts AS t (id, debtor_id, site_id, start_date, end_date)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET
+    debtor_id = EXCLUDED.debtor_id, site_id = EXCLUDED.site_id,
+    start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date, updated_at = now()
+WHERE (t.debtor_id, t.site_id, t.start_date, t.end_date)
+    IS DISTINCT FROM (EXCLUDED.debtor_id, EXCLUDED.site_id, EXCLUDED.start_date, EXCLUDED.end_date)
+RETURNING id, (xmax = 0) AS inserted;
+
+-- name: find_inventory_by_natural_key
+-- An inventory record given without id is the one with the same site, product and start.
+SELECT id FROM usage_product_inventories
+WHERE site_id = $1 AND usage_product_id = $2 AND start_date = $3
+ORDER BY id
+LIMIT 1;
+
+-- name: upsert_inventory
+INSERT INTO usage_product_inventories AS t (
+    id, site_id, usage_product_id, start_date, end_date, supplier_account_id, bill_by_service_id,
+    service_id, billable, in_flight_order, external_order_reference,
+    external_network_order_reference, pending_end_date, usage_cap_enabled, default_usage_cap,
+    override_usage_cap, apply_surcharges
+)
+VALUES (
+    coalesce($1, nextval(pg_get_serial_sequence('usage_product_inventories', 'id'))),
+    $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17
+)
+ON CONFLICT (id) DO UPDATE SET
+    site_id = EXCLUDED.site_id, usage_product_id = EXCLUDED.usage_product_id,
+    start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
+    supplier_account_id = EXCLUDED.supplier_account_id,
+    bill_by_service_id = EXCLUDED.bill_by_service_id, service_id = EXCLUDED.service_id,
+    billable = EXCLUDED.billable, in_flight_order = EXCLUDED.in_flight_order,
+    external_order_reference = EXCLUDED.external_order_reference,
+    external_network_order_reference = EXCLUDED.external_network_order_reference,
+    pending_end_date = EXCLUDED.pending_end_date, usage_cap_enabled = EXCLUDED.usage_cap_enabled,
+    default_usage_cap = EXCLUDED.default_usage_cap,
+    override_usage_cap = EXCLUDED.override_usage_cap,
+    apply_surcharges = EXCLUDED.apply_surcharges, updated_at = now()
+WHERE (t.site_id, t.usage_product_id, t.start_date, t.end_date, t.supplier_account_id,
+       t.bill_by_service_id, t.service_id, t.billable, t.in_flight_order,
+       t.external_order_reference, t.external_network_order_reference, t.pending_end_date,
+       t.usage_cap_enabled, t.default_usage_cap, t.override_usage_cap, t.apply_surcharges)
+    IS DISTINCT FROM
+      (EXCLUDED.site_id, EXCLUDED.usage_product_id, EXCLUDED.start_date, EXCLUDED.end_date,
+       EXCLUDED.supplier_account_id, EXCLUDED.bill_by_service_id, EXCLUDED.service_id,
+       EXCLUDED.billable, EXCLUDED.in_flight_order, EXCLUDED.external_order_reference,
+       EXCLUDED.external_network_order_reference, EXCLUDED.pending_end_date,
+       EXCLUDED.usage_cap_enabled, EXCLUDED.default_usage_cap, EXCLUDED.override_usage_cap,
+       EXCLUDED.apply_surcharges)
+RETURNING id, (xmax = 0) AS inserted;
+
+-- name: delete_other_product_references
+-- Product references of an inventory record that the new version no longer lists.
+DELETE FROM usage_product_references
+WHERE inventory_id = $1 AND NOT (product_reference = ANY($2::text[]))
+RETURNING id;
+
+-- name: upsert_product_reference
+INSERT INTO usage_product_references AS t (
+    id, inventory_id, position, product_reference, "primary", label, start_date, end_date,
+    user_id, user_email, cost_centre_code, department_code, notes
+)
+VALUES (
+    coalesce($1, nextval(pg_get_serial_sequence('usage_product_references', 'id'))),
+    $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+)
+ON CONFLICT (inventory_id, product_reference) DO UPDATE SET
+    position = EXCLUDED.position, "primary" = EXCLUDED."primary", label = EXCLUDED.label,
+    start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date, user_id = EXCLUDED.user_id,
+    user_email = EXCLUDED.user_email, cost_centre_code = EXCLUDED.cost_centre_code,
+    department_code = EXCLUDED.department_code, notes = EXCLUDED.notes
+WHERE (t.position, t."primary", t.label, t.start_date, t.end_date, t.user_id, t.user_email,
+       t.cost_centre_code, t.department_code, t.notes)
+    IS DISTINCT FROM
+      (EXCLUDED.position, EXCLUDED."primary", EXCLUDED.label, EXCLUDED.start_date,
+       EXCLUDED.end_date, EXCLUDED.user_id, EXCLUDED.user_email, EXCLUDED.cost_centre_code,
+       EXCLUDED.department_code, EXCLUDED.notes)
+RETURNING id, (xmax = 0) AS inserted;
+
+-- name: find_overlapping_product_references
+-- A product reference may sit on two inventory records only if their active
+-- periods do not overlap: otherwise the same number would be billed twice.
+SELECT a.product_reference, a.inventory_id, b.inventory_id AS other_inventory_id
+FROM usage_product_references a
+JOIN usage_product_inventories ia ON ia.id = a.inventory_id
+JOIN usage_product_references b
+    ON b.product_reference = a.product_reference AND b.inventory_id <> a.inventory_id
+JOIN usage_product_inventories ib ON ib.id = b.inventory_id
+WHERE a.inventory_id = ANY($1::bigint[])
+  AND daterange(ia.start_date, ia.end_date, '[]') && daterange(ib.start_date, ib.end_date, '[]')
+ORDER BY a.inventory_id, a.product_reference
+LIMIT 1;
+
+-- name: sync_identity_sequences
+-- Rows loaded with explicit ids must not collide with ids the store assigns later.
+SELECT
+    setval(pg_get_serial_sequence('product_items', 'id'),
+           greatest((SELECT max(id) FROM product_items), 1)),
+    setval(pg_get_serial_sequence('usage_product_inventories', 'id'),
+           greatest((SELECT max(id) FROM usage_product_inventories), 1)),
+    setval(pg_get_serial_sequence('usage_product_references', 'id'),
+           greatest((SELECT max(id) FROM usage_product_references), 1));

@@ -1,0 +1,1 @@
+"""usage-ingest: usage events from Kafka to Postgres, idempotently, with an outcome for each."""

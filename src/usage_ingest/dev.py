@@ -1,0 +1,146 @@
+"""`usage-ingest dev`: the whole system on one machine, with nothing installed but pip
+packages; and `usage-ingest produce`, to send events by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+import click
+from pydantic import SecretStr
+
+from usage_ingest.bootstrap import open_store, run_worker
+from usage_ingest.cli import with_stop_signals
+from usage_ingest.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedUnavailable
+from usage_ingest.errors import BrokerUnavailable
+from usage_ingest.kafka import OutputProducer, OutputRecord, ensure_topics, follow
+from usage_ingest.reference_data import ReferenceFile
+from usage_ingest.settings import Settings
+
+INPUT_PARTITIONS = 3
+EMBEDDED_SESSION_TIMEOUT_MS = 3000
+SAMPLE_EVENT = {
+    "externalReference": "demo-0001",
+    "debtorId": 1,
+    "productIdent": "demo.usage",
+    "startDate": "2026-11-22T10:00:00Z",
+    "endDate": "2026-11-22T10:05:00Z",
+    "unitQuantities": [{"unit": "minute", "quantity": "5"}],
+}
+
+
+def demo_reference() -> ReferenceFile:
+    text = resources.files("usage_ingest").joinpath("demo_reference.json").read_text()
+    return ReferenceFile.model_validate_json(text)
+
+
+def run_dev(settings: Settings, kafka_port: int | None, postgres_port: int | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="usage-ingest-dev-") as workdir:
+        broker = EmbeddedBroker(port=kafka_port, log_path=Path(workdir) / "broker.log")
+        postgres = EmbeddedPostgres(Path(workdir) / "pgdata", port=postgres_port)
+        try:
+            with broker, postgres:
+                dev_settings = settings.model_copy(
+                    update={
+                        "kafka_bootstrap_servers": broker.bootstrap_servers,
+                        "database_url": SecretStr(postgres.url),
+                        # The embedded broker holds a group join for about half the
+                        # session timeout; a short one keeps start-up quick.
+                        "kafka_session_timeout_ms": EMBEDDED_SESSION_TIMEOUT_MS,
+                    }
+                )
+                with_stop_signals(lambda stop: _dev_main(dev_settings, postgres.url, stop))
+        except EmbeddedUnavailable as exc:
+            click.echo(f"usage-ingest: {exc}", err=True)
+            sys.exit(1)
+
+
+async def _dev_main(settings: Settings, database_url: str, stop: asyncio.Event) -> None:
+    store = await open_store(settings)
+    try:
+        await store.migrate()
+        await store.load_reference(demo_reference())
+    finally:
+        await store.close()
+    await ensure_topics(settings, [settings.topic_events], partitions=INPUT_PARTITIONS)
+    await ensure_topics(settings, settings.output_topics)
+    _print_banner(settings, database_url)
+    tail = asyncio.create_task(
+        follow(settings, [settings.topic_accepted, settings.topic_rejected], _print_outcome, stop)
+    )
+    try:
+        await run_worker(settings, stop)
+    finally:
+        stop.set()  # the worker ended (or failed): end the outcome printer too
+        await tail
+
+
+def _print_banner(settings: Settings, database_url: str) -> None:
+    command = _own_command()
+    sample = json.dumps(SAMPLE_EVENT)
+    click.echo(
+        "\nusage-ingest dev is running\n"
+        f"  Kafka bootstrap : {settings.kafka_bootstrap_servers}\n"
+        f"  Database URL    : {database_url}\n"
+        f"  Input topic     : {settings.topic_events} ({INPUT_PARTITIONS} partitions)\n"
+        f"  Outcomes        : {settings.topic_accepted}, {settings.topic_rejected}"
+        f"; dead letters: {settings.topic_dlq}\n"
+        "  Demo data       : debtor 1, contract 1, product item 'demo.usage'\n\n"
+        "Send a sample event from another terminal:\n"
+        f"  echo {shlex.quote(sample)} | {command} produce "
+        f"--kafka-bootstrap-servers {settings.kafka_bootstrap_servers}\n\n"
+        "Outcomes appear below. Ctrl-C stops the worker, the broker and Postgres.\n",
+        err=False,
+    )
+
+
+def _own_command() -> str:
+    """How to call this same executable from the current directory."""
+    path = Path(sys.argv[0]).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path) if path.exists() else "usage-ingest"
+
+
+def _print_outcome(value: bytes) -> None:
+    click.echo(f"outcome: {value.decode(errors='replace')}")
+
+
+async def produce_lines(settings: Settings, stream: TextIO, key: str | None) -> int:
+    """Publish each non-blank line of `stream` as one event, keyed by its externalReference."""
+    records = []
+    for line in stream:
+        text = line.strip()
+        if text:
+            records.append(
+                OutputRecord(settings.topic_events, _key_for(text, key), text.encode("utf-8"))
+            )
+    producer = OutputProducer(settings)
+    await producer.start()
+    try:
+        failed = await producer.publish(records)
+    finally:
+        await producer.stop()
+    if failed:
+        raise BrokerUnavailable(f"{len(failed)} of {len(records)} events were not acknowledged")
+    return len(records)
+
+
+def _key_for(text: str, key: str | None) -> bytes | None:
+    if key is not None:
+        return key.encode()
+    try:
+        reference = json.loads(text).get("externalReference")
+    except (ValueError, AttributeError):
+        return None
+    return reference.encode() if isinstance(reference, str) else None
+
+
+__all__ = ["produce_lines", "run_dev"]

@@ -1,0 +1,89 @@
+"""The project's one error root, and the stable rejection codes of SPEC.md §5.
+
+Two different things live here and must not be confused:
+
+* **Exceptions** (`UsageIngestError` and below) are failures of *this process*
+  or its dependencies. Their `retryable` flag is the only thing the pipeline
+  reads to decide "retry the batch" (the database or broker is away) versus
+  "stop with a clear line" (a setting is wrong).
+* **Rejection codes** (`ErrorCode`) are verdicts about *a record*. They are
+  published on the rejected topic and travel with the dead letter.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class UsageIngestError(Exception):
+    """usage-ingest failed."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str | None = None) -> None:
+        # The docstring of the class is the default message.
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(UsageIngestError):
+    """A setting is missing or invalid."""
+
+
+class DependencyUnavailable(UsageIngestError):
+    """A dependency is unavailable; the work will be retried."""
+
+    retryable = True
+
+
+class StoreUnavailable(DependencyUnavailable):
+    """The database is unreachable or refused the transaction; it will be retried."""
+
+
+class BrokerUnavailable(DependencyUnavailable):
+    """The Kafka broker is unreachable or did not acknowledge; it will be retried."""
+
+
+class StoreRefusedData(UsageIngestError):
+    """The database refused the values of a record."""
+
+
+class ReferenceDataError(UsageIngestError):
+    """The reference data file is invalid; nothing was written."""
+
+
+class ErrorCode(StrEnum):
+    """Why a record was refused (SPEC.md §5). The values are a public contract."""
+
+    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    SCHEMA_VIOLATION = "SCHEMA_VIOLATION"
+    UNKNOWN_OPERATING_SITE = "UNKNOWN_OPERATING_SITE"
+    UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
+    UNKNOWN_CONTRACT = "UNKNOWN_CONTRACT"
+    CONTRACT_NOT_ACTIVE = "CONTRACT_NOT_ACTIVE"
+    NO_MATCHING_CONTRACT = "NO_MATCHING_CONTRACT"
+    NO_INVENTORY = "NO_INVENTORY"
+    EXTERNAL_REFERENCE_CONFLICT = "EXTERNAL_REFERENCE_CONFLICT"
+
+    @property
+    def retryable(self) -> bool:
+        """May succeed on replay once reference data is fixed."""
+        return self in _RETRYABLE_CODES
+
+
+_RETRYABLE_CODES = frozenset(
+    {
+        ErrorCode.UNKNOWN_OPERATING_SITE,
+        ErrorCode.UNKNOWN_PRODUCT,
+        ErrorCode.UNKNOWN_CONTRACT,
+        ErrorCode.CONTRACT_NOT_ACTIVE,
+        ErrorCode.NO_MATCHING_CONTRACT,
+        ErrorCode.NO_INVENTORY,
+    }
+)
+
+
+class WarningCode(StrEnum):
+    """Outcome warnings: the record was processed, but the producer should act."""
+
+    DEPRECATED_FIELD = "DEPRECATED_FIELD"

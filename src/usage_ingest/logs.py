@@ -1,0 +1,49 @@
+"""Structured logs: JSON lines when not on a terminal, readable console when on one.
+
+Every line carries a stable event name (the first argument of a log call).
+Record-level lines bind topic, partition, offset and externalReference;
+payload contents are never logged at info level or above.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+from usage_ingest.settings import LogFormat
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None = None) -> None:
+    out = stream or sys.stderr
+    as_json = log_format is LogFormat.JSON or (log_format is LogFormat.AUTO and not out.isatty())
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )
+    # Client libraries (aiokafka, asyncpg) log through the standard library: keep
+    # their warnings, in one line each, on the same stream.
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=out,
+        format='{"event": "library_log", "logger": "%(name)s", "level": "%(levelname)s", '
+        '"message": "%(message)s"}'
+        if as_json
+        else "%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )

@@ -1,0 +1,479 @@
+"""The batch loop: fetch, validate, resolve, store, publish, commit.
+
+The commit protocol (SPEC.md §6) lives here, in `Pipeline._process`:
+
+1. every record of the batch gets its verdict (validation, then resolution
+   against reference data fetched once for the batch);
+2. accepted usages are written in one statement; the database has committed;
+3. every outcome and dead letter is published and acknowledged by the broker;
+4. only then are the offsets committed.
+
+A crash anywhere re-delivers the batch, and re-delivery changes no row: a
+record whose usage was stored from this very source record is reported
+`created` again, so the outcome of a record does not depend on how often it
+was delivered. Dependency failures are retried with capped exponential
+backoff and never turn into rejections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
+from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
+from usage_ingest.models import Location, Outcome, OutcomeError, OutcomeWarning, Source
+from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
+from usage_ingest.settings import Settings
+from usage_ingest.store import StoredUsage, UsageRow
+from usage_ingest.validation import InvalidEvent, ValidEvent, unit_quantities_json, validate_record
+
+log = structlog.get_logger("usage_ingest.pipeline")
+T = TypeVar("T")
+
+# Dead-letter headers (SPEC.md §8). A header from an earlier failure is replaced.
+H_CODE = "usage-ingest.error.code"
+H_MESSAGE = "usage-ingest.error.message"
+H_RETRYABLE = "usage-ingest.error.retryable"
+H_TOPIC = "usage-ingest.source.topic"
+H_PARTITION = "usage-ingest.source.partition"
+H_OFFSET = "usage-ingest.source.offset"
+H_FAILED_AT = "usage-ingest.failed-at"
+H_REPLAY_COUNT = "usage-ingest.replay-count"
+DEAD_LETTER_HEADERS = frozenset(
+    {H_CODE, H_MESSAGE, H_RETRYABLE, H_TOPIC, H_PARTITION, H_OFFSET, H_FAILED_AT, H_REPLAY_COUNT}
+)
+_MAX_HEADER_MESSAGE = 1000
+
+
+class StorePort(Protocol):
+    async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot: ...
+
+    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]: ...
+
+
+class ConsumerPort(Protocol):
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]: ...
+
+    async def commit(self, next_offsets: dict[Partition, int]) -> None: ...
+
+    async def rewind(self, partitions: Iterable[Partition]) -> None: ...
+
+
+class ProducerPort(Protocol):
+    async def publish(self, records: Sequence[OutputRecord]) -> list[OutputRecord]: ...
+
+
+@dataclass(slots=True)
+class Counters:
+    """Outcomes since start, for the shutdown summary."""
+
+    batches: int = 0
+    records: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        for outcome in outcomes:
+            self.records += 1
+            self.by_status[outcome.status] = self.by_status.get(outcome.status, 0) + 1
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _instant(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, as in SPEC.md §5's example."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def source_of(record: InputRecord) -> Source:
+    timestamp = None
+    if record.timestamp_ms >= 0:
+        timestamp = _instant(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC))
+    return Source(
+        topic=record.topic, partition=record.partition, offset=record.offset, timestamp=timestamp
+    )
+
+
+@dataclass(slots=True)
+class _Verdict:
+    """What the pipeline knows about one record while the batch is decided."""
+
+    record: InputRecord
+    checked: ValidEvent | InvalidEvent
+    resolution: Resolution | None = None
+    refusal: tuple[OutcomeError, ...] = ()
+    row: UsageRow | None = None
+    stored: StoredUsage | None = None
+
+    @property
+    def reference(self) -> str | None:
+        if isinstance(self.checked, ValidEvent):
+            return self.checked.event.external_reference
+        return self.checked.external_reference
+
+
+class Pipeline:
+    """Consumes the input topic until told to stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StorePort,
+        consumer: ConsumerPort,
+        producer: ProducerPort,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._consumer = consumer
+        self._producer = producer
+        self._clock = clock
+        self._in_flight: asyncio.Task[None] | None = None
+        self.counters = Counters()
+
+    # --- the loop ----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and process batches until `stop` is set; then finish or abandon the last."""
+        settings = self._settings
+        while not stop.is_set():
+            records = await self.retrying(
+                "fetch",
+                lambda: self._consumer.fetch(
+                    settings.batch_max_records, settings.batch_max_wait_ms
+                ),
+                stop,
+            )
+            if not records:
+                continue
+            task = asyncio.create_task(self._process(records))
+            self._in_flight = task
+            try:
+                await self._finish(task, stop)
+            finally:
+                self._in_flight = None
+            if task.cancelled() or isinstance(task.exception(), CommitRefused):
+                log.info("batch_abandoned", records=len(records))
+                if not stop.is_set():
+                    await self.retrying(
+                        "rewind", lambda: self._consumer.rewind(_partitions(records)), stop
+                    )
+            elif task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _finish(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        """Wait for the batch; on stop give it the shutdown grace, then abandon it."""
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not task.done():
+            await asyncio.wait({task}, timeout=self._settings.shutdown_grace_s)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def on_partitions_revoked(self, partitions: set[Partition]) -> None:
+        """Rebalance: let the batch in flight finish and commit before the
+        partitions move; if it cannot within the grace, abandon it so the new
+        owner re-processes it (its commit is then never attempted)."""
+        task = self._in_flight
+        if task is None or task.done():
+            return
+        log.info("rebalance_waiting_for_batch", partitions=sorted(partitions))
+        await asyncio.wait({task}, timeout=self._settings.shutdown_grace_s)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def retrying(
+        self, what: str, action: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None
+    ) -> T:
+        """Run `action`, retrying dependency failures with capped exponential backoff."""
+        delay = self._settings.retry_initial_backoff_s
+        attempt = 0
+        while True:
+            try:
+                return await action()
+            except DependencyUnavailable as exc:
+                attempt += 1
+                if stop is not None and stop.is_set():
+                    raise
+                log.warning(
+                    "dependency_unavailable",
+                    action=what,
+                    attempt=attempt,
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+                await _sleep_unless_stopped(delay * random.uniform(0.8, 1.2), stop)  # noqa: S311
+                delay = min(delay * 2, self._settings.retry_max_backoff_s)
+
+    # --- one batch -----------------------------------------------------------
+
+    async def _process(self, records: list[InputRecord]) -> None:
+        outcomes, outgoing = await self.decide(records)
+        await self._publish(outgoing)
+        await self.retrying("commit", lambda: self._consumer.commit(next_offsets(records)))
+        self.counters.batches += 1
+        self.counters.add(outcomes)
+        log.debug(
+            "batch_done",
+            records=len(records),
+            created=sum(o.status == "created" for o in outcomes),
+            duplicate=sum(o.status == "duplicate" for o in outcomes),
+            rejected=sum(o.status == "rejected" for o in outcomes),
+        )
+
+    async def decide(
+        self, records: Sequence[InputRecord]
+    ) -> tuple[list[Outcome], list[OutputRecord]]:
+        """Steps 1 and 2 of the protocol: every record's outcome, usages stored."""
+        verdicts = [
+            _Verdict(r, validate_record(r.value, self._settings.max_message_bytes)) for r in records
+        ]
+        valid = [v for v in verdicts if isinstance(v.checked, ValidEvent)]
+        if valid:
+            await self._resolve(valid)
+            await self._store_resolved(valid)
+        now = _instant(self._clock())
+        outcomes = [self._outcome(v, now) for v in verdicts]
+        outgoing = [self._outcome_record(v, o) for v, o in zip(verdicts, outcomes, strict=True)]
+        outgoing += [self._dead_letter(v, now) for v in verdicts if _refusal_of(v)]
+        return outcomes, outgoing
+
+    async def _resolve(self, valid: list[_Verdict]) -> None:
+        events = [
+            (v.checked.event, v.checked.usage_date)
+            for v in valid
+            if isinstance(v.checked, ValidEvent)
+        ]
+        keys = ReferenceKeys.for_events(events)
+        snapshot = await self.retrying("fetch_reference", lambda: self._store.fetch_reference(keys))
+        for verdict in valid:
+            checked = verdict.checked
+            assert isinstance(checked, ValidEvent)
+            result = resolve(checked.event, checked.usage_date, snapshot)
+            if isinstance(result, Resolution):
+                verdict.resolution = result
+                verdict.row = _usage_row(verdict.record, checked, result)
+            else:
+                verdict.refusal = (result,)
+
+    async def _store_resolved(self, valid: list[_Verdict]) -> None:
+        """Write the resolved usages; the first record of a reference in the batch
+        is the one written, later ones are compared with it like any re-delivery."""
+        first_rows: dict[str, UsageRow] = {}
+        for verdict in valid:
+            if verdict.row is not None:
+                first_rows.setdefault(verdict.row.external_reference, verdict.row)
+        if not first_rows:
+            return
+        stored = await self._store_isolating(list(first_rows.values()))
+        for verdict in valid:
+            if verdict.row is None:
+                continue
+            held = stored.get(verdict.row.external_reference)
+            if isinstance(held, OutcomeError):
+                verdict.refusal = (held,)
+                verdict.row = None
+            elif held is not None and held.payload_hash != verdict.row.payload_hash:
+                verdict.refusal = (
+                    OutcomeError(
+                        code=ErrorCode.EXTERNAL_REFERENCE_CONFLICT,
+                        field="externalReference",
+                        message=f"usage {held.usage_id} already holds this externalReference "
+                        "with a different payload; it is left unchanged",
+                    ),
+                )
+                verdict.row = None
+            else:
+                verdict.stored = held
+
+    async def _store_isolating(self, rows: list[UsageRow]) -> dict[str, StoredUsage | OutcomeError]:
+        """Store the batch in one statement; if the database refuses a value, store
+        row by row to find the refused record, so it cannot block its partition."""
+        try:
+            return dict(await self.retrying("store_usages", lambda: self._store.store_usages(rows)))
+        except StoreRefusedData as exc:
+            log.warning("batch_refused_by_database", rows=len(rows), error=str(exc))
+        result: dict[str, StoredUsage | OutcomeError] = {}
+        for row in rows:
+            try:
+                result.update(await self._store_one(row))
+            except StoreRefusedData as exc:
+                result[row.external_reference] = OutcomeError(
+                    code=ErrorCode.SCHEMA_VIOLATION,
+                    message=f"the database refused the record: {exc}",
+                )
+        return result
+
+    async def _store_one(self, row: UsageRow) -> dict[str, StoredUsage]:
+        return await self.retrying("store_usage", lambda: self._store.store_usages([row]))
+
+    async def _publish(self, outgoing: list[OutputRecord]) -> None:
+        """Step 3: every outcome and dead letter acknowledged; retry only what failed."""
+        pending = outgoing
+        delay = self._settings.retry_initial_backoff_s
+        while pending:
+            pending = await self._producer.publish(pending)
+            if pending:
+                log.warning(
+                    "publish_incomplete", unacknowledged=len(pending), retry_in_s=round(delay, 2)
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.retry_max_backoff_s)
+
+    # --- messages ------------------------------------------------------------
+
+    def _outcome(self, verdict: _Verdict, processed_at: str) -> Outcome:
+        record, checked = verdict.record, verdict.checked
+        warnings: tuple[OutcomeWarning, ...] = (
+            checked.warnings if isinstance(checked, ValidEvent) else ()
+        )
+        errors = _refusal_of(verdict)
+        base: dict[str, Any] = {
+            "external_reference": verdict.reference,
+            "source": source_of(record),
+            "processed_at": processed_at,
+            "warnings": list(warnings),
+        }
+        if isinstance(checked, ValidEvent):
+            base["product_ident"] = checked.event.product_ident
+            base["contract_id"] = checked.event.contract_id
+            base["debtor_id"] = (
+                checked.event.debtor_id if checked.event.contract_id is None else None
+            )
+        if verdict.resolution is not None:
+            base["contract_id"] = verdict.resolution.contract.id
+            base["debtor_id"] = verdict.resolution.contract.debtor_id
+            base["inventory_id"] = verdict.resolution.inventory.id
+        if errors:
+            return Outcome(
+                status="rejected",
+                errors=list(errors),
+                retryable=all(e.code.retryable for e in errors),
+                **base,
+            )
+        stored = verdict.stored
+        assert stored is not None and verdict.resolution is not None
+        same_source = (stored.source_topic, stored.source_partition, stored.source_offset) == (
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        return Outcome(
+            status="created" if same_source else "duplicate",
+            usage_id=stored.usage_id,
+            billable=verdict.resolution.inventory.billable,
+            **base,
+        )
+
+    def _outcome_record(self, verdict: _Verdict, outcome: Outcome) -> OutputRecord:
+        settings = self._settings
+        if outcome.status == "rejected":
+            key = verdict.reference.encode() if verdict.reference else verdict.record.key
+            return OutputRecord(settings.topic_rejected, key, outcome.to_json())
+        assert verdict.reference is not None
+        return OutputRecord(settings.topic_accepted, verdict.reference.encode(), outcome.to_json())
+
+    def _dead_letter(self, verdict: _Verdict, failed_at: str) -> OutputRecord:
+        """The refused record itself, unchanged, with the headers of §8."""
+        record = verdict.record
+        errors = _refusal_of(verdict)
+        kept = tuple((k, v) for k, v in record.headers if k not in DEAD_LETTER_HEADERS)
+        message = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
+        ours = (
+            (H_CODE, errors[0].code.value),
+            (H_MESSAGE, message[:_MAX_HEADER_MESSAGE]),
+            (H_RETRYABLE, "true" if all(e.code.retryable for e in errors) else "false"),
+            (H_TOPIC, record.topic),
+            (H_PARTITION, str(record.partition)),
+            (H_OFFSET, str(record.offset)),
+            (H_FAILED_AT, failed_at),
+            (H_REPLAY_COUNT, str(replay_count(record.headers))),
+        )
+        headers = kept + tuple((k, v.encode()) for k, v in ours)
+        return OutputRecord(self._settings.topic_dlq, record.key, record.value or b"", headers)
+
+
+def _refusal_of(verdict: _Verdict) -> tuple[OutcomeError, ...]:
+    if isinstance(verdict.checked, InvalidEvent):
+        return verdict.checked.errors
+    return verdict.refusal
+
+
+async def _sleep_unless_stopped(seconds: float, stop: asyncio.Event | None) -> None:
+    """Back off (with jitter, not for security); wake early when stopping."""
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def replay_count(headers: Iterable[tuple[str, bytes]]) -> int:
+    """The replay count a record carries; 0 for a first failure (§8)."""
+    for key, value in headers:
+        if key == H_REPLAY_COUNT:
+            try:
+                return max(int(value.decode()), 0)
+            except (UnicodeDecodeError, ValueError):
+                return 0
+    return 0
+
+
+def next_offsets(records: Iterable[InputRecord]) -> dict[Partition, int]:
+    """Per partition, the offset after the last record of the batch."""
+    offsets: dict[Partition, int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
+    return offsets
+
+
+def _partitions(records: Iterable[InputRecord]) -> set[Partition]:
+    return {(r.topic, r.partition) for r in records}
+
+
+def _location_json(location: Location | None) -> str | None:
+    return None if location is None else location.model_dump_json(by_alias=True)
+
+
+def _usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution) -> UsageRow:
+    event = checked.event
+    return UsageRow(
+        external_reference=event.external_reference,
+        contract_id=resolution.contract.id,
+        debtor_id=resolution.contract.debtor_id,
+        inventory_id=resolution.inventory.id,
+        product_item_id=resolution.product.id,
+        product_ident=event.product_ident,
+        description=event.description,
+        start_date=event.start_date,
+        end_date=event.end_date,
+        operating_site=event.operating_site,
+        tax_location=_location_json(event.tax_location),
+        performance_location=_location_json(event.performance_location),
+        service_country=event.service_country,
+        unit_quantities=unit_quantities_json(event),
+        properties=None
+        if event.properties is None
+        else "[" + ",".join(p.model_dump_json() for p in event.properties) + "]",
+        billable=resolution.inventory.billable,
+        payload_hash=checked.payload_hash,
+        raw_payload=checked.raw,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+    )

@@ -1,0 +1,144 @@
+"""Every setting of usage-ingest, in one object loaded once at the entry point.
+
+Each field is read from `USAGE_INGEST_<FIELD>` and can be overridden by the
+matching command-line flag `--<field-with-dashes>` (see `cli`). Nothing deeper
+in the code reads the environment.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "USAGE_INGEST_"
+
+TopicName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9._-]{1,249}$")]
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # console on a terminal, JSON lines otherwise
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    """usage-ingest configuration (SPEC.md §9)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # --- Kafka -------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        default="localhost:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    group_id: str = Field(default="usage-ingest", min_length=1, description="Consumer group.")
+    topic_events: TopicName = Field(default="usage.events", description="Input topic.")
+    topic_accepted: TopicName = Field(default="usage.accepted", description="Accepted outcomes.")
+    topic_rejected: TopicName = Field(default="usage.rejected", description="Rejected outcomes.")
+    topic_dlq: TopicName = Field(default="usage.events.dlq", description="Dead-letter topic.")
+    max_message_bytes: int = Field(
+        default=65536, ge=1, le=16 * 1024 * 1024, description="Largest accepted event value."
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        default=SecurityProtocol.PLAINTEXT,
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.",
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with SASL_*)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(default=None, description="CA bundle for TLS.")
+    kafka_ssl_certfile: str | None = Field(default=None, description="Client certificate (mTLS).")
+    kafka_ssl_keyfile: str | None = Field(default=None, description="Client key (mTLS).")
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1000, description="Consumer group session timeout."
+    )
+    kafka_max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="Longest pause between fetches before leaving the group.",
+    )
+
+    # --- Postgres ----------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        default=None, description="postgresql://user:password@host:port/database"
+    )
+    db_pool_max_size: int = Field(default=4, ge=1, le=100, description="Connections per process.")
+    db_statement_timeout_s: float = Field(
+        default=30.0, gt=0, description="A statement slower than this is retried."
+    )
+
+    # --- The batch loop ----------------------------------------------------
+    batch_max_records: int = Field(default=1000, ge=1, le=100_000, description="Records per batch.")
+    batch_max_wait_ms: int = Field(
+        default=200, ge=0, le=60_000, description="Longest wait to fill a batch."
+    )
+    retry_initial_backoff_s: float = Field(default=0.2, gt=0, description="First retry delay.")
+    retry_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="How long SIGTERM waits for the batch in flight."
+    )
+
+    # --- Logs --------------------------------------------------------------
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    log_format: LogFormat = Field(default=LogFormat.AUTO, description="auto, json or console.")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise ValueError("must start with postgresql://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+    def require_database_url(self) -> str:
+        if self.database_url is None:
+            from usage_ingest.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"{ENV_PREFIX}DATABASE_URL (--database-url) is not set: "
+                "give it as postgresql://user:password@host:port/database"
+            )
+        return self.database_url.get_secret_value()
+
+    @property
+    def output_topics(self) -> tuple[str, str, str]:
+        return (self.topic_accepted, self.topic_rejected, self.topic_dlq)

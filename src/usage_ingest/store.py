@@ -1,0 +1,437 @@
+"""The Postgres store: the only module that talks to asyncpg.
+
+Driver errors leave this module as the project's own: `StoreUnavailable`
+(retryable: connection lost, timeout, serialization failure, deadlock) or
+`StoreRefusedData` (the values of a row cannot be stored; retrying won't help).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from usage_ingest.errors import (
+    ReferenceDataError,
+    StoreRefusedData,
+    StoreUnavailable,
+)
+from usage_ingest.reference_data import InventoryIn, ProductItemIn, ReferenceFile
+from usage_ingest.resolution import (
+    Contract,
+    Inventory,
+    ProductItem,
+    ReferenceKeys,
+    ReferenceSnapshot,
+)
+
+SQL_DIR = Path(__file__).parent / "sql"
+MIGRATION_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
+# Serialises concurrent `migrate` runs (an arbitrary constant, the same everywhere).
+MIGRATION_LOCK_KEY = 0x75736167
+
+# SQLSTATE classes worth retrying: connection (08), transaction rollback such as
+# serialization failure and deadlock (40), insufficient resources (53), operator
+# intervention such as statement timeout or shutdown (57), system error (58).
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
+def load_queries(path: Path) -> dict[str, str]:
+    """Named blocks of a .sql file: each starts with a `-- name: NAME` line."""
+    queries: dict[str, str] = {}
+    name: str | None = None
+    for line in path.read_text().splitlines():
+        if line.startswith("-- name:"):
+            name = line.removeprefix("-- name:").strip()
+            queries[name] = ""
+        elif name is not None:
+            queries[name] += line + "\n"
+    return queries
+
+
+QUERIES = load_queries(SQL_DIR / "queries.sql")
+
+
+def migration_files() -> list[Path]:
+    return sorted(p for p in SQL_DIR.iterdir() if MIGRATION_FILE.match(p.name))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES
+    return isinstance(
+        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError
+    )
+
+
+@asynccontextmanager
+async def _translated_errors(action: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        detail = f"{action}: {type(exc).__name__}: {exc}".strip()
+        if _is_transient(exc):
+            raise StoreUnavailable(detail) from exc
+        raise StoreRefusedData(detail) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One usage to store, in the column order of `insert_usages`."""
+
+    external_reference: str
+    contract_id: int
+    debtor_id: int
+    inventory_id: int
+    product_item_id: int
+    product_ident: str
+    description: str | None
+    start_date: datetime
+    end_date: datetime
+    operating_site: str | None
+    tax_location: str | None
+    performance_location: str | None
+    service_country: str | None
+    unit_quantities: str | None
+    properties: str | None
+    billable: bool
+    payload_hash: str
+    raw_payload: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+_USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUsage:
+    """The row that holds an external reference after `store_usages`."""
+
+    usage_id: int
+    inserted: bool
+    payload_hash: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+
+@dataclass(slots=True)
+class LoadCounts:
+    """What `reference load` did, per kind: inserted, updated (unchanged is the rest)."""
+
+    inserted: dict[str, int] = field(default_factory=dict)
+    updated: dict[str, int] = field(default_factory=dict)
+
+    def count(self, kind: str, row: asyncpg.Record | None) -> None:
+        if row is None:
+            return
+        bucket = self.inserted if row["inserted"] else self.updated
+        bucket[kind] = bucket.get(kind, 0) + 1
+
+
+class Store:
+    """Usages and reference data in Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, max_size: int = 4, statement_timeout_s: float = 30.0) -> Store:
+        """A pool that connects lazily: a database that is down is retried, not fatal."""
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=0,
+            max_size=max_size,
+            command_timeout=statement_timeout_s,
+            server_settings={"application_name": "usage-ingest", "jit": "off"},
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def ping(self) -> None:
+        async with _translated_errors("ping"):
+            await self._pool.fetchval("SELECT 1")
+
+    # --- migrations --------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply the `sql/` migrations not applied yet, in order; returns their names."""
+        applied_now: list[str] = []
+        async with _translated_errors("migrate"), self._pool.acquire() as conn:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version text PRIMARY KEY,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                done = {
+                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+                }
+                for path in migration_files():
+                    if path.stem in done:
+                        continue
+                    await conn.execute(path.read_text())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", path.stem
+                    )
+                    applied_now.append(path.stem)
+        return applied_now
+
+    # --- the worker's two round trips --------------------------------------
+
+    async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot:
+        """The reference data a batch needs (§4), in one round trip."""
+        async with _translated_errors("fetch reference data"):
+            row = await self._pool.fetchrow(
+                QUERIES["fetch_reference"],
+                list(keys.product_references),
+                list(keys.contract_ids),
+                list(keys.debtor_ids),
+                list(keys.operating_sites),
+                keys.first_day,
+                keys.last_day,
+            )
+        assert row is not None
+        return ReferenceSnapshot.build(
+            operating_sites=row["operating_sites"],
+            products=(ProductItem(**p) for p in json.loads(row["products"])),
+            contracts=(_contract(c) for c in json.loads(row["contracts"])),
+            inventories=(_inventory(i) for i in json.loads(row["inventories"])),
+        )
+
+    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+        """Insert the rows whose external reference is new, in one statement (§6).
+
+        Returns, per external reference, the row that holds it now: the one just
+        inserted, or the one stored before (whose hash tells duplicate from conflict).
+        `rows` must not repeat an external reference.
+        """
+        if not rows:
+            return {}
+        columns = [list(values) for values in zip(*(_as_tuple(r) for r in rows), strict=True)]
+        async with _translated_errors("store usages"), self._pool.acquire() as conn:
+            results = await conn.fetch(QUERIES["insert_usages"], *columns)
+            missing = {
+                r["external_reference"]
+                for r in results
+                if r["stored_id"] is None and r["inserted_id"] is None
+            }
+            if missing:
+                # Committed by a concurrent worker after this statement's snapshot was taken.
+                results = [r for r in results if r["external_reference"] not in missing]
+                results += await conn.fetch(QUERIES["fetch_stored_usages"], list(missing))
+        by_reference = {row.external_reference: row for row in rows}
+        stored = {r["external_reference"]: _stored(r, by_reference) for r in results}
+        if len(stored) != len(rows):
+            raise StoreUnavailable("a concurrent writer hid a stored usage; the batch is retried")
+        return stored
+
+    # --- reference data ----------------------------------------------------
+
+    async def load_reference(self, data: ReferenceFile) -> LoadCounts:
+        """Upsert a whole reference file in one transaction: all of it or nothing."""
+        counts = LoadCounts()
+        async with _translated_errors("load reference data"), self._pool.acquire() as conn:
+            async with conn.transaction():
+                sites = await conn.fetch(QUERIES["upsert_operating_sites"], data.operating_sites)
+                if sites:
+                    counts.inserted["operatingSites"] = len(sites)
+                for index, item in enumerate(data.product_items):
+                    async with _located(f"productItems.{index}"):
+                        counts.count("productItems", await _upsert_product_item(conn, item))
+                for index, contract in enumerate(data.contracts):
+                    async with _located(f"contracts.{index}"):
+                        counts.count(
+                            "contracts",
+                            await conn.fetchrow(
+                                QUERIES["upsert_contract"],
+                                contract.id,
+                                contract.debtor_id,
+                                contract.site_id,
+                                contract.start_date,
+                                contract.end_date,
+                            ),
+                        )
+                inventory_ids = []
+                for index, inventory in enumerate(data.usage_product_inventories):
+                    async with _located(f"usageProductInventories.{index}"):
+                        inventory_id = await upsert_inventory(conn, inventory, counts)
+                        inventory_ids.append(inventory_id)
+                await _refuse_overlaps(conn, inventory_ids)
+                await conn.fetchrow(QUERIES["sync_identity_sequences"])
+        return counts
+
+
+async def _upsert_product_item(
+    conn: asyncpg.Connection, item: ProductItemIn
+) -> asyncpg.Record | None:
+    values = (
+        item.name,
+        item.description,
+        item.type,
+        item.status,
+        item.tax_category,
+        item.display_order,
+        _json_or_none(item.unit_name),
+        _json_or_none(item.custom_fields),
+    )
+    if item.id is not None:
+        return await conn.fetchrow(
+            QUERIES["upsert_product_item_by_id"], item.id, item.reference, *values
+        )
+    return await conn.fetchrow(QUERIES["upsert_product_item_by_reference"], item.reference, *values)
+
+
+async def upsert_inventory(
+    conn: asyncpg.Connection, inventory: InventoryIn, counts: LoadCounts
+) -> int:
+    """Insert or update one inventory record and its product references; returns its id."""
+    inventory_id = inventory.id
+    if inventory_id is None:
+        inventory_id = await conn.fetchval(
+            QUERIES["find_inventory_by_natural_key"],
+            inventory.site_id,
+            inventory.usage_product_id,
+            inventory.start_date,
+        )
+    row = await conn.fetchrow(
+        QUERIES["upsert_inventory"],
+        inventory_id,
+        inventory.site_id,
+        inventory.usage_product_id,
+        inventory.start_date,
+        inventory.end_date,
+        inventory.supplier_account_id,
+        inventory.bill_by_service_id,
+        inventory.service_id,
+        inventory.billable,
+        inventory.in_flight_order,
+        inventory.external_order_reference,
+        inventory.external_network_order_reference,
+        inventory.pending_end_date,
+        inventory.usage_cap_enabled,
+        inventory.default_usage_cap,
+        inventory.override_usage_cap,
+        inventory.apply_surcharges,
+    )
+    counts.count("usageProductInventories", row)
+    if row is not None:
+        inventory_id = row["id"]
+    assert inventory_id is not None
+    references = [r.product_reference for r in inventory.product_references]
+    removed = await conn.fetch(QUERIES["delete_other_product_references"], inventory_id, references)
+    if removed:
+        counts.updated["productReferences"] = counts.updated.get("productReferences", 0) + len(
+            removed
+        )
+    for position, ref in enumerate(inventory.product_references):
+        counts.count(
+            "productReferences",
+            await conn.fetchrow(
+                QUERIES["upsert_product_reference"],
+                ref.id,
+                inventory_id,
+                position,
+                ref.product_reference,
+                ref.primary,
+                ref.label,
+                ref.start_date,
+                ref.end_date,
+                ref.user_id,
+                ref.user_email,
+                ref.cost_centre_code,
+                ref.department_code,
+                ref.notes,
+            ),
+        )
+    return int(inventory_id)
+
+
+async def _refuse_overlaps(conn: asyncpg.Connection, inventory_ids: list[int]) -> None:
+    overlap = await conn.fetchrow(QUERIES["find_overlapping_product_references"], inventory_ids)
+    if overlap is not None:
+        raise ReferenceDataError(
+            f"product reference {overlap['product_reference']!r} is on inventory records "
+            f"{overlap['inventory_id']} and {overlap['other_inventory_id']}, whose active periods "
+            "overlap: the same number would be billed twice"
+        )
+
+
+@asynccontextmanager
+async def _located(path: str) -> AsyncIterator[None]:
+    """Name the file entry a database refusal came from."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        if _is_transient(exc):
+            raise
+        raise ReferenceDataError(f"{path}: {_plain(exc)}") from exc
+
+
+def _plain(exc: asyncpg.PostgresError) -> str:
+    detail = getattr(exc, "detail", None)
+    return f"{exc}" + (f" ({detail})" if detail else "")
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _as_tuple(row: UsageRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in _USAGE_COLUMNS)
+
+
+def _stored(record: asyncpg.Record, rows: dict[str, UsageRow]) -> StoredUsage:
+    if record["inserted_id"] is not None:
+        row = rows[record["external_reference"]]
+        return StoredUsage(
+            record["inserted_id"],
+            True,
+            row.payload_hash,
+            row.source_topic,
+            row.source_partition,
+            row.source_offset,
+        )
+    return StoredUsage(
+        record["stored_id"],
+        False,
+        record["stored_hash"],
+        record["stored_topic"],
+        record["stored_partition"],
+        record["stored_offset"],
+    )
+
+
+def _day(value: str | None) -> date | None:
+    return None if value is None else date.fromisoformat(value)
+
+
+def _contract(data: dict[str, Any]) -> Contract:
+    start = _day(data["start_date"])
+    assert start is not None
+    return Contract(data["id"], data["debtor_id"], data["site_id"], start, _day(data["end_date"]))
+
+
+def _inventory(data: dict[str, Any]) -> Inventory:
+    start = _day(data["start_date"])
+    assert start is not None
+    return Inventory(
+        data["id"],
+        data["site_id"],
+        data["usage_product_id"],
+        start,
+        _day(data["end_date"]),
+        data["billable"],
+    )

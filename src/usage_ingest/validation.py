@@ -1,0 +1,250 @@
+"""From raw record bytes to a validated event, or the reasons it was refused.
+
+Pure: no I/O. Decides MALFORMED_MESSAGE, MESSAGE_TOO_LARGE and
+SCHEMA_VIOLATION (SPEC.md §3, §5) and computes the canonical payload hash (§6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from usage_ingest.errors import ErrorCode, WarningCode
+from usage_ingest.models import (
+    Location,
+    OutcomeError,
+    OutcomeWarning,
+    UsageEvent,
+    format_decimal,
+)
+
+# Longest externalReference echoed back when the record is otherwise unreadable.
+_MAX_ECHOED_REFERENCE = 1000
+# Integers longer than this are parsed as Decimal: Python refuses to turn
+# very long digit strings into int, and ids longer than int64 fail validation anyway.
+_MAX_INT_DIGITS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    """An event that passed every rule that needs no reference data."""
+
+    event: UsageEvent
+    raw: str
+    payload_hash: str
+    usage_date: date
+    warnings: tuple[OutcomeWarning, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """A refused record; `external_reference` is None when it could not be read."""
+
+    external_reference: str | None
+    errors: tuple[OutcomeError, ...]
+
+
+class _Unparseable(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Unparseable(f"{name} is not valid JSON")
+
+
+def _parse_int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else Decimal(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Unparseable(f"duplicate key {key!r}: its value is ambiguous")
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(
+    parse_float=Decimal,
+    parse_int=_parse_int,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_unique_keys,
+)
+
+
+def _malformed(message: str, reference: str | None = None) -> InvalidEvent:
+    return InvalidEvent(
+        reference, (OutcomeError(code=ErrorCode.MALFORMED_MESSAGE, message=message),)
+    )
+
+
+def parse_json_object(
+    value: bytes | None,
+) -> tuple[dict[str, Any] | None, str, InvalidEvent | None]:
+    """Decode UTF-8 JSON into an object, or say why it is malformed."""
+    if not value:
+        return None, "", _malformed("the value is empty")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, "", _malformed(f"the value is not UTF-8 (byte {exc.start})")
+    try:
+        obj = _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:
+        return None, text, _malformed(f"the value is not JSON: {_short(exc)}")
+    if not isinstance(obj, dict):
+        return None, text, _malformed(f"the value is JSON {type(obj).__name__}, not an object")
+    return obj, text, None
+
+
+def readable_reference(obj: dict[str, Any] | None) -> str | None:
+    """The externalReference as far as it can be read, for keys and outcomes."""
+    reference = obj.get("externalReference") if obj else None
+    if isinstance(reference, str) and reference and len(reference) <= _MAX_ECHOED_REFERENCE:
+        try:
+            reference.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return reference if "\x00" not in reference else None
+    return None
+
+
+def validate_record(value: bytes | None, max_message_bytes: int) -> ValidEvent | InvalidEvent:
+    """Apply every rule of SPEC.md §3 that needs no reference data."""
+    if value is not None and len(value) > max_message_bytes:
+        return InvalidEvent(
+            None,
+            (
+                OutcomeError(
+                    code=ErrorCode.MESSAGE_TOO_LARGE,
+                    message=f"the value is {len(value)} bytes; at most {max_message_bytes} are accepted",
+                ),
+            ),
+        )
+    obj, text, malformed = parse_json_object(value)
+    if malformed is not None:
+        return malformed
+    assert obj is not None
+    reference = readable_reference(obj)
+    try:
+        event = UsageEvent.model_validate(obj)
+    except ValidationError as exc:
+        return InvalidEvent(reference, tuple(_schema_errors(exc)))
+    cross_field = _cross_field_errors(event)
+    if cross_field:
+        return InvalidEvent(reference, tuple(cross_field))
+    event = apply_defaults(event)
+    return ValidEvent(
+        event=event,
+        raw=text,
+        payload_hash=canonical_hash(event),
+        usage_date=event.start_date.date(),
+        warnings=_warnings(event),
+    )
+
+
+def _schema_errors(exc: ValidationError) -> list[OutcomeError]:
+    errors = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in error["loc"]) or None
+        message = error["msg"].removeprefix("Value error, ")
+        errors.append(OutcomeError(code=ErrorCode.SCHEMA_VIOLATION, field=field, message=message))
+    return errors
+
+
+def _violation(field: str, message: str) -> OutcomeError:
+    return OutcomeError(code=ErrorCode.SCHEMA_VIOLATION, field=field, message=message)
+
+
+def _cross_field_errors(event: UsageEvent) -> list[OutcomeError]:
+    """The rules of §3 that relate one field to another."""
+    errors = []
+    if event.end_date < event.start_date:
+        errors.append(_violation("endDate", "must not be before startDate"))
+    if event.contract_id is None and event.debtor_id is None:
+        errors.append(_violation("debtorId", "is required when contractId is absent"))
+    units: set[str] = set()
+    for index, item in enumerate(event.unit_quantities or ()):
+        if item.unit in units:
+            errors.append(_violation(f"unitQuantities.{index}.unit", f"unit {item.unit!r} repeats"))
+        units.add(item.unit)
+    names: set[str] = set()
+    for index, prop in enumerate(event.properties or ()):
+        if prop.name in names:
+            errors.append(_violation(f"properties.{index}.name", f"name {prop.name!r} repeats"))
+        names.add(prop.name)
+    return errors
+
+
+def apply_defaults(event: UsageEvent) -> UsageEvent:
+    """The deprecated serviceCountry fills in whichever location is absent (§3)."""
+    if event.service_country is None:
+        return event
+    fallback = Location(country=event.service_country)
+    return event.model_copy(
+        update={
+            "tax_location": event.tax_location or fallback,
+            "performance_location": event.performance_location or fallback,
+        }
+    )
+
+
+def _warnings(event: UsageEvent) -> tuple[OutcomeWarning, ...]:
+    if event.service_country is None:
+        return ()
+    return (
+        OutcomeWarning(
+            code=WarningCode.DEPRECATED_FIELD,
+            field="serviceCountry",
+            message="serviceCountry is deprecated: send taxLocation and performanceLocation",
+        ),
+    )
+
+
+def canonical_payload(event: UsageEvent) -> dict[str, Any]:
+    """The validated event in normal form (§6): UTC dates, plain decimals, defaults
+    applied, unknown fields dropped, list items in a fixed order. debtorId is
+    ignored when contractId is given (§3), so it is left out of the identity."""
+    payload = event.model_dump(mode="json", by_alias=True)
+    if event.contract_id is not None:
+        payload["debtorId"] = None
+    if payload["unitQuantities"] is not None:
+        payload["unitQuantities"].sort(key=lambda item: item["unit"])
+    if payload["properties"] is not None:
+        payload["properties"].sort(key=lambda item: item["name"])
+    return payload
+
+
+def canonical_hash(event: UsageEvent) -> str:
+    """sha256 over the canonical payload as compact JSON with sorted keys."""
+    text = json.dumps(
+        canonical_payload(event), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def unit_quantities_json(event: UsageEvent) -> str | None:
+    """The jsonb value of `usages.unit_quantities`: quantities as exact JSON numbers."""
+    if event.unit_quantities is None:
+        return None
+    items = (
+        f'{{"unit":{json.dumps(item.unit)},"quantity":{format_decimal(item.quantity)}}}'
+        for item in event.unit_quantities
+    )
+    return "[" + ",".join(items) + "]"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return text[:200]
