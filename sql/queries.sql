@@ -224,12 +224,14 @@ WHERE a.inventory_id = ANY($1::bigint[])
 ORDER BY a.inventory_id, a.product_reference
 LIMIT 1;
 
--- name: sync_identity_sequences
--- Rows loaded with explicit ids must not collide with ids the store assigns later.
+-- name: reserve_explicit_ids
+-- Ids the store assigns must not collide with ids given explicitly: before a load,
+-- move each sequence past the largest id stored and the largest id in the file.
+-- $1, $2, $3 the largest explicit product item, inventory and product reference id.
 SELECT
     setval(pg_get_serial_sequence('product_items', 'id'),
-           greatest((SELECT max(id) FROM product_items), 1)),
+           greatest((SELECT max(id) FROM product_items), $1::bigint, 1)),
     setval(pg_get_serial_sequence('usage_product_inventories', 'id'),
-           greatest((SELECT max(id) FROM usage_product_inventories), 1)),
+           greatest((SELECT max(id) FROM usage_product_inventories), $2::bigint, 1)),
     setval(pg_get_serial_sequence('usage_product_references', 'id'),
-           greatest((SELECT max(id) FROM usage_product_references), 1));
+           greatest((SELECT max(id) FROM usage_product_references), $3::bigint, 1));

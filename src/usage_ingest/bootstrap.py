@@ -58,6 +58,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
         if not stop.is_set():
             raise
         log.warning("stopped_while_dependency_unavailable")
+    except Exception:
+        log.exception("worker_failed")
+        raise
     finally:
         for client in reversed(started):
             await client.stop()

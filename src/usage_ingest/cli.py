@@ -34,8 +34,11 @@ def _flag(field_name: str) -> str:
 def _setting_error_line(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False):
-        name = str(error["loc"][0]) if error["loc"] else "?"
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule between several settings names them itself
+            parts.append(message)
+            continue
+        name = str(error["loc"][0])
         parts.append(f"{ENV_PREFIX}{name.upper()} ({_flag(name)}): {message}")
     return "invalid setting: " + "; ".join(parts)
 
@@ -46,9 +49,7 @@ def settings_options(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         overrides = {
-            name: kwargs.pop(name)
-            for name in Settings.model_fields
-            if kwargs.get(name) is not None
+            name: kwargs.pop(name) for name in Settings.model_fields if kwargs.get(name) is not None
         }
         for name in Settings.model_fields:
             kwargs.pop(name, None)
@@ -57,7 +58,10 @@ def settings_options(command: F) -> F:
         except ValidationError as exc:
             _fail(_setting_error_line(exc), code=2)
         configure_logging(settings.log_level, settings.log_format)
-        return command(*args, settings=settings, **kwargs)
+        try:
+            return command(*args, settings=settings, **kwargs)
+        except UsageIngestError as exc:
+            _fail(str(exc))
 
     for name, info in reversed(Settings.model_fields.items()):
         env = ENV_PREFIX + name.upper()
@@ -82,6 +86,8 @@ def run_async(main: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(main)
     except UsageIngestError as exc:
         _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback where it happened
+        _fail(f"stopped by an unexpected error: {type(exc).__name__}: {exc}")
 
 
 def with_stop_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]]) -> Any:
@@ -122,7 +128,9 @@ def migrate(settings: Settings) -> None:
             await store.close()
 
     applied = run_async(go())
-    click.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    click.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
 
 
 @main.group()
@@ -184,6 +192,21 @@ def produce(key: str | None, settings: Settings) -> None:
 
     count = run_async(produce_lines(settings, sys.stdin, key))
     click.echo(f"produced {count} event(s) to {settings.topic_events}", err=True)
+
+
+@main.command()
+@click.option(
+    "--directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("schemas"),
+    show_default=True,
+)
+def schemas(directory: Path) -> None:
+    """Write the JSON Schemas of every message read or written."""
+    from usage_ingest.schemas import write_all
+
+    for path in write_all(directory):
+        click.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,7 +56,7 @@ DEFAULT_POSTGRES_SETTINGS: Final[Mapping[str, str]] = {
 }
 
 
-class EmbeddedUnavailable(RuntimeError):  # noqa: N818 - the name callers use
+class EmbeddedUnavailable(RuntimeError):
     """An embedded server cannot be provided: its binary is missing or it did not come up."""
 
 

@@ -8,6 +8,7 @@ turns aiokafka's errors into the project's own (`BrokerUnavailable`, retryable;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,7 @@ class InputRecord:
 class OutputRecord:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None is a null value (a tombstone), kept as such
     headers: tuple[Header, ...] = ()
 
 
@@ -83,7 +84,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._on_revoked({(tp.topic, tp.partition) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
+        """Nothing to do: fetching starts from the committed offsets."""
 
 
 class EventConsumer:
@@ -235,20 +236,19 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [t for t in topics if t not in existing]
         if missing:
-            try:
+            # Another process may create the same topic at the same moment.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
                         NewTopic(name, num_partitions=partitions, replication_factor=1)
                         for name in missing
                     ]
                 )
-            except TopicAlreadyExistsError:
-                pass
-        return missing
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot create topics: {exc}") from exc
     finally:
         await admin.close()
+    return missing
 
 
 async def follow(

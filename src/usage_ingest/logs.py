@@ -15,7 +15,12 @@ import structlog
 
 from usage_ingest.settings import LogFormat
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None = None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -50,14 +50,15 @@ def _country(value: str) -> str:
     return value.upper()
 
 
-def Text(max_length: int, min_length: int = 0) -> Any:  # noqa: N802 - reads as a type
-    """A strict JSON string of bounded length that Postgres can store."""
-    return Annotated[
-        str,
-        Strict(),
-        Field(min_length=min_length, max_length=max_length),
-        AfterValidator(_storable),
-    ]
+# Strict JSON strings of bounded length that Postgres can store.
+Text100NonEmpty = Annotated[
+    str, Strict(), Field(min_length=1, max_length=100), AfterValidator(_storable)
+]
+Text255 = Annotated[str, Strict(), Field(max_length=255), AfterValidator(_storable)]
+Text255NonEmpty = Annotated[
+    str, Strict(), Field(min_length=1, max_length=255), AfterValidator(_storable)
+]
+Text1000 = Annotated[str, Strict(), Field(max_length=1000), AfterValidator(_storable)]
 
 
 Ident = Annotated[str, Strict(), Field(pattern=IDENT_PATTERN)]
@@ -75,7 +76,7 @@ def _parse_date_time(value: object) -> datetime:
     if not isinstance(value, str) or not _DATE_TIME.match(value):
         raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z"
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
@@ -117,11 +118,11 @@ def normalise_decimal(value: Decimal) -> Decimal:
 
 def _parse_quantity(value: object) -> Decimal:
     """A JSON number or numeric string to an exact, normalised Decimal (never a float)."""
+    # pydantic reports ValueError, not TypeError, as a validation error.
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise ValueError("must be a number or a numeric string")  # noqa: TRY004
+    if isinstance(value, str) and not _NUMERIC_TEXT.match(value):
         raise ValueError("must be a number or a numeric string")
-    if isinstance(value, str):
-        if not _NUMERIC_TEXT.match(value):
-            raise ValueError("must be a number or a numeric string")
     try:
         number = Decimal(value)
     except (InvalidOperation, ValueError):
@@ -174,9 +175,9 @@ class Location(_Model):
     """Where a usage is taxed or performed."""
 
     country: CountryCode | None = None
-    region: Text(255) | None = None
-    city: Text(255) | None = None
-    postal_code: Text(255) | None = None
+    region: Text255 | None = None
+    city: Text255 | None = None
+    postal_code: Text255 | None = None
 
 
 class UnitQuantity(_Model):
@@ -185,8 +186,8 @@ class UnitQuantity(_Model):
 
 
 class UsageProperty(_Model):
-    name: Text(100, min_length=1)
-    value: Text(1000)
+    name: Text100NonEmpty
+    value: Text1000
 
 
 class UsageEvent(_Model):
@@ -201,10 +202,10 @@ class UsageEvent(_Model):
     contract_id: Int64 | None = None
     debtor_id: Int64 | None = None
     product_ident: Ident
-    description: Text(1000) | None = None
+    description: Text1000 | None = None
     start_date: UtcDateTime
     end_date: UtcDateTime
-    operating_site: Text(255) | None = None
+    operating_site: Text255 | None = None
     tax_location: Location | None = None
     performance_location: Location | None = None
     service_country: CountryCode | None = Field(
@@ -241,7 +242,7 @@ OutcomeStatus = Literal["created", "duplicate", "rejected"]
 class Outcome(_Model):
     """What became of one input record; published on the accepted or rejected topic (§5)."""
 
-    model_config = ConfigDict(title="Outcome")
+    model_config = ConfigDict(title="Outcome", json_schema_serialization_defaults_required=True)
 
     status: OutcomeStatus
     external_reference: str | None

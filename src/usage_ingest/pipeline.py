@@ -162,13 +162,17 @@ class Pipeline:
             finally:
                 self._in_flight = None
             if task.cancelled() or isinstance(task.exception(), CommitRefused):
-                log.info("batch_abandoned", records=len(records))
-                if not stop.is_set():
-                    await self.retrying(
-                        "rewind", lambda: self._consumer.rewind(_partitions(records)), stop
-                    )
-            elif task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+                await self._abandoned(records, stop)
+            elif (failure := task.exception()) is not None:
+                raise failure
+
+    async def _abandoned(self, records: list[InputRecord], stop: asyncio.Event) -> None:
+        """The batch did not commit: fetch its records again from the committed
+        offsets (those of partitions still ours; the others are the new owner's)."""
+        log.info("batch_abandoned", records=len(records))
+        if not stop.is_set():
+            partitions = _partitions(records)
+            await self.retrying("rewind", lambda: self._consumer.rewind(partitions), stop)
 
     async def _finish(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
         """Wait for the batch; on stop give it the shutdown grace, then abandon it."""
@@ -366,7 +370,8 @@ class Pipeline:
                 **base,
             )
         stored = verdict.stored
-        assert stored is not None and verdict.resolution is not None
+        assert stored is not None
+        assert verdict.resolution is not None
         same_source = (stored.source_topic, stored.source_partition, stored.source_offset) == (
             record.topic,
             record.partition,
@@ -404,7 +409,7 @@ class Pipeline:
             (H_REPLAY_COUNT, str(replay_count(record.headers))),
         )
         headers = kept + tuple((k, v.encode()) for k, v in ours)
-        return OutputRecord(self._settings.topic_dlq, record.key, record.value or b"", headers)
+        return OutputRecord(self._settings.topic_dlq, record.key, record.value, headers)
 
 
 def _refusal_of(verdict: _Verdict) -> tuple[OutcomeError, ...]:

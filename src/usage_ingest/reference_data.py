@@ -5,8 +5,8 @@ usage product inventories in camelCase)."""
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from usage_ingest.errors import ReferenceDataError
-from usage_ingest.models import Int64, Text
+from usage_ingest.models import Int64, Text255, Text255NonEmpty, Text1000
 
 NonNegativeInt64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 SingleLine = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\r\n]*$")]
@@ -74,16 +74,16 @@ class ContractIn(_Camel):
 
 class ProductReferenceIn(_Camel):
     id: Int64 | None = None
-    product_reference: Text(255, min_length=1)
+    product_reference: Text255NonEmpty
     primary: bool | None = None
-    label: Text(255) | None = None
+    label: Text255 | None = None
     start_date: date | None = None
     end_date: date | None = None
-    user_id: Text(255) | None = None
-    user_email: Text(255) | None = None
-    cost_centre_code: Text(255) | None = None
-    department_code: Text(255) | None = None
-    notes: Text(1000) | None = None
+    user_id: Text255 | None = None
+    user_email: Text255 | None = None
+    cost_centre_code: Text255 | None = None
+    department_code: Text255 | None = None
+    notes: Text1000 | None = None
 
 
 class InventoryIn(_Camel):
@@ -96,11 +96,11 @@ class InventoryIn(_Camel):
     end_date: date | None = None
     supplier_account_id: Int64 | None = None
     bill_by_service_id: bool | None = None
-    service_id: Text(255) | None = None
+    service_id: Text255 | None = None
     billable: bool = True
     in_flight_order: bool | None = None
-    external_order_reference: Text(255) | None = None
-    external_network_order_reference: Text(255) | None = None
+    external_order_reference: Text255 | None = None
+    external_network_order_reference: Text255 | None = None
     pending_end_date: date | None = None
     usage_cap_enabled: bool | None = None
     default_usage_cap: NonNegativeInt64 | None = None
@@ -118,7 +118,7 @@ class InventoryIn(_Camel):
 class ReferenceFile(_Camel):
     """The whole file: every list optional, so a file may carry just one kind."""
 
-    operating_sites: list[Text(255, min_length=1)] = Field(default_factory=list)
+    operating_sites: list[Text255NonEmpty] = Field(default_factory=list)
     product_items: list[ProductItemIn] = Field(default_factory=list)
     contracts: list[ContractIn] = Field(default_factory=list)
     usage_product_inventories: list[InventoryIn] = Field(default_factory=list)

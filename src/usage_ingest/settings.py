@@ -10,10 +10,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from usage_ingest.errors import ConfigurationError
+
 ENV_PREFIX = "USAGE_INGEST_"
+MAX_PORT = 65535
 
 TopicName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9._-]{1,249}$")]
 
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
     # --- The batch loop ----------------------------------------------------
     batch_max_records: int = Field(default=1000, ge=1, le=100_000, description="Records per batch.")
     batch_max_wait_ms: int = Field(
-        default=200, ge=0, le=60_000, description="Longest wait to fill a batch."
+        default=200, ge=0, le=60_000, description="Longest wait for records when none are ready."
     )
     retry_initial_backoff_s: float = Field(default=0.2, gt=0, description="First retry delay.")
     retry_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
@@ -109,7 +112,7 @@ class Settings(BaseSettings):
     def _host_port_list(cls, value: str) -> str:
         for server in value.split(","):
             host, sep, port = server.strip().rpartition(":")
-            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
                 raise ValueError(f"{server.strip()!r} is not host:port")
         return value
 
@@ -129,10 +132,28 @@ class Settings(BaseSettings):
             raise ValueError("must be debug, info, warning or error")
         return value.lower()
 
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        uses_sasl = self.kafka_security_protocol in (
+            SecurityProtocol.SASL_PLAINTEXT,
+            SecurityProtocol.SASL_SSL,
+        )
+        if uses_sasl and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"{self.kafka_security_protocol} needs {ENV_PREFIX}KAFKA_SASL_MECHANISM, "
+                f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD"
+            )
+        if self.kafka_sasl_mechanism and not uses_sasl:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SASL_MECHANISM needs {ENV_PREFIX}KAFKA_SECURITY_PROTOCOL "
+                "SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
+
     def require_database_url(self) -> str:
         if self.database_url is None:
-            from usage_ingest.errors import ConfigurationError
-
             raise ConfigurationError(
                 f"{ENV_PREFIX}DATABASE_URL (--database-url) is not set: "
                 "give it as postgresql://user:password@host:port/database"

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -31,6 +31,12 @@ from usage_ingest.resolution import (
     ReferenceKeys,
     ReferenceSnapshot,
 )
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # A connection as the pool lends it.
+    Connection = PoolConnectionProxy[asyncpg.Record]
 
 SQL_DIR = Path(__file__).parent / "sql"
 MIGRATION_FILE = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
@@ -168,25 +174,20 @@ class Store:
     async def migrate(self) -> list[str]:
         """Apply the `sql/` migrations not applied yet, in order; returns their names."""
         applied_now: list[str] = []
-        async with _translated_errors("migrate"), self._pool.acquire() as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                    " version text PRIMARY KEY,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {
-                    r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
-                }
-                for path in migration_files():
-                    if path.stem in done:
-                        continue
-                    await conn.execute(path.read_text())
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES ($1)", path.stem
-                    )
-                    applied_now.append(path.stem)
+        async with _translated_errors("migrate"), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for path in migration_files():
+                if path.stem in done:
+                    continue
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.stem)
+                applied_now.append(path.stem)
         return applied_now
 
     # --- the worker's two round trips --------------------------------------
@@ -243,40 +244,41 @@ class Store:
     async def load_reference(self, data: ReferenceFile) -> LoadCounts:
         """Upsert a whole reference file in one transaction: all of it or nothing."""
         counts = LoadCounts()
-        async with _translated_errors("load reference data"), self._pool.acquire() as conn:
-            async with conn.transaction():
-                sites = await conn.fetch(QUERIES["upsert_operating_sites"], data.operating_sites)
-                if sites:
-                    counts.inserted["operatingSites"] = len(sites)
-                for index, item in enumerate(data.product_items):
-                    async with _located(f"productItems.{index}"):
-                        counts.count("productItems", await _upsert_product_item(conn, item))
-                for index, contract in enumerate(data.contracts):
-                    async with _located(f"contracts.{index}"):
-                        counts.count(
-                            "contracts",
-                            await conn.fetchrow(
-                                QUERIES["upsert_contract"],
-                                contract.id,
-                                contract.debtor_id,
-                                contract.site_id,
-                                contract.start_date,
-                                contract.end_date,
-                            ),
-                        )
-                inventory_ids = []
-                for index, inventory in enumerate(data.usage_product_inventories):
-                    async with _located(f"usageProductInventories.{index}"):
-                        inventory_id = await upsert_inventory(conn, inventory, counts)
-                        inventory_ids.append(inventory_id)
-                await _refuse_overlaps(conn, inventory_ids)
-                await conn.fetchrow(QUERIES["sync_identity_sequences"])
+        async with (
+            _translated_errors("load reference data"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.fetchrow(QUERIES["reserve_explicit_ids"], *_largest_explicit_ids(data))
+            sites = await conn.fetch(QUERIES["upsert_operating_sites"], data.operating_sites)
+            if sites:
+                counts.inserted["operatingSites"] = len(sites)
+            for index, item in enumerate(data.product_items):
+                async with _located(f"productItems.{index}"):
+                    counts.count("productItems", await _upsert_product_item(conn, item))
+            for index, contract in enumerate(data.contracts):
+                async with _located(f"contracts.{index}"):
+                    counts.count(
+                        "contracts",
+                        await conn.fetchrow(
+                            QUERIES["upsert_contract"],
+                            contract.id,
+                            contract.debtor_id,
+                            contract.site_id,
+                            contract.start_date,
+                            contract.end_date,
+                        ),
+                    )
+            inventory_ids = []
+            for index, inventory in enumerate(data.usage_product_inventories):
+                async with _located(f"usageProductInventories.{index}"):
+                    inventory_id = await upsert_inventory(conn, inventory, counts)
+                    inventory_ids.append(inventory_id)
+            await _refuse_overlaps(conn, inventory_ids)
         return counts
 
 
-async def _upsert_product_item(
-    conn: asyncpg.Connection, item: ProductItemIn
-) -> asyncpg.Record | None:
+async def _upsert_product_item(conn: Connection, item: ProductItemIn) -> asyncpg.Record | None:
     values = (
         item.name,
         item.description,
@@ -294,9 +296,7 @@ async def _upsert_product_item(
     return await conn.fetchrow(QUERIES["upsert_product_item_by_reference"], item.reference, *values)
 
 
-async def upsert_inventory(
-    conn: asyncpg.Connection, inventory: InventoryIn, counts: LoadCounts
-) -> int:
+async def upsert_inventory(conn: Connection, inventory: InventoryIn, counts: LoadCounts) -> int:
     """Insert or update one inventory record and its product references; returns its id."""
     inventory_id = inventory.id
     if inventory_id is None:
@@ -359,7 +359,7 @@ async def upsert_inventory(
     return int(inventory_id)
 
 
-async def _refuse_overlaps(conn: asyncpg.Connection, inventory_ids: list[int]) -> None:
+async def _refuse_overlaps(conn: Connection, inventory_ids: list[int]) -> None:
     overlap = await conn.fetchrow(QUERIES["find_overlapping_product_references"], inventory_ids)
     if overlap is not None:
         raise ReferenceDataError(
@@ -381,8 +381,22 @@ async def _located(path: str) -> AsyncIterator[None]:
 
 
 def _plain(exc: asyncpg.PostgresError) -> str:
+    """The server's message and detail on one line."""
+    message = getattr(exc, "message", None) or str(exc).splitlines()[0]
     detail = getattr(exc, "detail", None)
-    return f"{exc}" + (f" ({detail})" if detail else "")
+    return message + (f" ({detail})" if detail else "")
+
+
+def _largest_explicit_ids(data: ReferenceFile) -> tuple[int, int, int]:
+    def largest(ids: Iterable[int | None]) -> int:
+        return max((i for i in ids if i is not None), default=0)
+
+    inventories = data.usage_product_inventories
+    return (
+        largest(item.id for item in data.product_items),
+        largest(inventory.id for inventory in inventories),
+        largest(ref.id for inventory in inventories for ref in inventory.product_references),
+    )
 
 
 def _json_or_none(value: Any) -> str | None:

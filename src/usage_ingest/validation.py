@@ -51,7 +51,7 @@ class InvalidEvent:
 
 
 class _Unparseable(ValueError):
-    pass
+    """Valid JSON syntax that cannot be read unambiguously."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -126,7 +126,8 @@ def validate_record(value: bytes | None, max_message_bytes: int) -> ValidEvent |
             (
                 OutcomeError(
                     code=ErrorCode.MESSAGE_TOO_LARGE,
-                    message=f"the value is {len(value)} bytes; at most {max_message_bytes} are accepted",
+                    message=f"the value is {len(value)} bytes; "
+                    f"at most {max_message_bytes} are accepted",
                 ),
             ),
         )
@@ -212,9 +213,14 @@ def _warnings(event: UsageEvent) -> tuple[OutcomeWarning, ...]:
 
 def canonical_payload(event: UsageEvent) -> dict[str, Any]:
     """The validated event in normal form (§6): UTC dates, plain decimals, defaults
-    applied, unknown fields dropped, list items in a fixed order. debtorId is
-    ignored when contractId is given (§3), so it is left out of the identity."""
+    applied, unknown fields dropped, list items in a fixed order.
+
+    Two fields say nothing beyond the rest once defaults are applied, so they are
+    left out of the identity: debtorId when contractId is given (it is ignored, §3),
+    and the deprecated serviceCountry (its only effect is the locations it filled in).
+    """
     payload = event.model_dump(mode="json", by_alias=True)
+    payload["serviceCountry"] = None
     if event.contract_id is not None:
         payload["debtorId"] = None
     if payload["unitQuantities"] is not None:

@@ -12,7 +12,9 @@ from usage_ingest.reference_data import read_reference_file
 from usage_ingest.settings import Settings
 
 
-async def test_one_event_is_stored_and_accepted(settings: Settings, db: asyncpg.Connection, start_worker) -> None:
+async def test_one_event_is_stored_and_accepted(
+    settings: Settings, db: asyncpg.Connection, start_worker
+) -> None:
     store = await open_store(settings)
     await store.load_reference(read_reference_file(DEMO_REFERENCE))
     await store.close()
@@ -24,9 +26,13 @@ async def test_one_event_is_stored_and_accepted(settings: Settings, db: asyncpg.
         "endDate": "2026-11-22T10:01:00Z",
         "unitQuantities": [{"unit": "minute", "quantity": 1}],
     }
-    await produce(settings.kafka_bootstrap_servers, settings.topic_events, [json.dumps(event).encode()])
+    await produce(
+        settings.kafka_bootstrap_servers, settings.topic_events, [json.dumps(event).encode()]
+    )
     worker = start_worker(settings)
     accepted = await read_topic(settings.kafka_bootstrap_servers, settings.topic_accepted, 1)
     await worker.stop()
     assert [json.loads(m.value)["status"] for m in accepted] == ["created"]
-    assert await db.fetchval("SELECT count(*) FROM usages WHERE external_reference = 'smoke-1'") == 1
+    assert (
+        await db.fetchval("SELECT count(*) FROM usages WHERE external_reference = 'smoke-1'") == 1
+    )

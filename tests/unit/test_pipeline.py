@@ -1,0 +1,260 @@
+"""The batch loop's decisions and commit protocol, with in-memory fakes of its ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+
+from usage_ingest.errors import StoreRefusedData, StoreUnavailable
+from usage_ingest.kafka import InputRecord, OutputRecord, Partition
+from usage_ingest.pipeline import DEAD_LETTER_HEADERS, Pipeline, next_offsets
+from usage_ingest.resolution import (
+    Contract,
+    Inventory,
+    ProductItem,
+    ReferenceKeys,
+    ReferenceSnapshot,
+)
+from usage_ingest.settings import Settings
+from usage_ingest.store import StoredUsage, UsageRow
+
+TOPIC = "usage.events"
+FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def event(reference: str = "ref-1", quantity: Any = "1", **fields: Any) -> bytes:
+    body = {
+        "externalReference": reference,
+        "contractId": 7,
+        "productIdent": "voice.uk",
+        "startDate": "2026-11-22T10:00:00Z",
+        "endDate": "2026-11-22T10:01:00Z",
+        "unitQuantities": [{"unit": "minute", "quantity": quantity}],
+    }
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def record(value: bytes | None, offset: int = 0, partition: int = 0, **kw: Any) -> InputRecord:
+    return InputRecord(
+        topic=TOPIC,
+        partition=partition,
+        offset=offset,
+        key=kw.get("key"),
+        value=value,
+        headers=tuple(kw.get("headers", ())),
+        timestamp_ms=1_795_000_000_000,
+    )
+
+
+class FakeStore:
+    """Reference data of one contract; usages kept in a dict like the unique index."""
+
+    def __init__(self) -> None:
+        self.snapshot = ReferenceSnapshot.build(
+            operating_sites=["GB-LON"],
+            products=[ProductItem(1, "voice.uk", "USAGE_BASED", "ACTIVE")],
+            contracts=[Contract(7, 3, 100, date(2026, 1, 1), None)],
+            inventories=[Inventory(11, 100, 1, date(2026, 1, 1), None, True)],
+        )
+        self.rows: dict[str, tuple[int, UsageRow]] = {}
+        self.failures_left = 0
+        self.refused_references: set[str] = set()
+        self.calls = 0
+
+    async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot:
+        return self.snapshot
+
+    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+        self.calls += 1
+        if self.failures_left:
+            self.failures_left -= 1
+            raise StoreUnavailable("database is down")
+        if any(r.external_reference in self.refused_references for r in rows):
+            raise StoreRefusedData("value out of range")
+        result = {}
+        for row in rows:
+            if row.external_reference not in self.rows:
+                self.rows[row.external_reference] = (len(self.rows) + 1, row)
+            usage_id, held = self.rows[row.external_reference]
+            result[row.external_reference] = StoredUsage(
+                usage_id,
+                held is row,
+                held.payload_hash,
+                held.source_topic,
+                held.source_partition,
+                held.source_offset,
+            )
+        return result
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[list[InputRecord]]) -> None:
+        self.batches = batches
+        self.commits: list[dict[Partition, int]] = []
+        self.events: list[str] = []
+        self.on_drained: Callable[[], None] = lambda: None
+
+    async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]:
+        await asyncio.sleep(0)
+        if self.batches:
+            return self.batches.pop(0)
+        self.on_drained()
+        return []
+
+    async def commit(self, next_offsets: dict[Partition, int]) -> None:
+        self.events.append("commit")
+        self.commits.append(next_offsets)
+
+    async def rewind(self, partitions: Iterable[Partition]) -> None:
+        self.events.append("rewind")
+
+
+class FakeProducer:
+    def __init__(self, consumer: FakeConsumer, fail_first: int = 0) -> None:
+        self.sent: list[OutputRecord] = []
+        self.fail_first = fail_first
+        self.consumer = consumer
+
+    async def publish(self, records: Sequence[OutputRecord]) -> list[OutputRecord]:
+        if self.fail_first:
+            self.fail_first -= 1
+            self.sent.extend(records[:1])
+            return list(records[1:])
+        self.sent.extend(records)
+        self.consumer.events.append(f"published {len(records)}")
+        return []
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [json.loads(r.value) for r in self.sent if r.topic == topic]
+
+
+def settings() -> Settings:
+    return Settings(retry_initial_backoff_s=0.001, retry_max_backoff_s=0.002)
+
+
+def make_pipeline(
+    batches: list[list[InputRecord]], **producer: Any
+) -> tuple[Pipeline, FakeStore, FakeConsumer, FakeProducer]:
+    store, consumer = FakeStore(), FakeConsumer(batches)
+    out = FakeProducer(consumer, **producer)
+    return Pipeline(settings(), store, consumer, out, clock=lambda: FIXED_NOW), store, consumer, out
+
+
+async def run_until_drained(pipeline: Pipeline, consumer: FakeConsumer) -> None:
+    """Run the loop until every batch was fetched and the last one finished."""
+    stop = asyncio.Event()
+    consumer.on_drained = stop.set
+    await asyncio.wait_for(pipeline.run(stop), 5)
+
+
+async def test_first_arrival_is_created_then_same_payload_is_duplicate() -> None:
+    pipeline, store, consumer, out = make_pipeline(
+        [[record(event(quantity="1.50"), 0)], [record(event(quantity=1.5), 1)]]
+    )
+    await run_until_drained(pipeline, consumer)
+    statuses = [o["status"] for o in out.on("usage.accepted")]
+    assert statuses == ["created", "duplicate"]
+    assert len(store.rows) == 1
+
+
+async def test_redelivery_of_the_creating_record_is_reported_created_again() -> None:
+    """The outcome depends on the source record, not on how often it was delivered."""
+    pipeline, _, consumer, out = make_pipeline([[record(event(), 5)], [record(event(), 5)]])
+    await run_until_drained(pipeline, consumer)
+    outcomes = out.on("usage.accepted")
+    assert [o["status"] for o in outcomes] == ["created", "created"]
+    assert outcomes[0]["source"] == outcomes[1]["source"]
+    assert outcomes[0]["usageId"] == outcomes[1]["usageId"]
+
+
+async def test_same_reference_twice_in_one_batch() -> None:
+    pipeline, store, consumer, out = make_pipeline(
+        [[record(event(), 0), record(event(), 1), record(event(quantity="2"), 2)]]
+    )
+    await run_until_drained(pipeline, consumer)
+    assert [o["status"] for o in out.on("usage.accepted")] == ["created", "duplicate"]
+    [conflict] = out.on("usage.rejected")
+    assert conflict["errors"][0]["code"] == "EXTERNAL_REFERENCE_CONFLICT"
+    assert conflict["retryable"] is False
+    assert len(store.rows) == 1
+
+
+async def test_offsets_are_committed_after_every_outcome_is_acknowledged() -> None:
+    pipeline, _, consumer, out = make_pipeline(
+        [[record(event("a"), 3, 0), record(event("b"), 9, 1), record(b"{", 4, 0)]], fail_first=2
+    )
+    await run_until_drained(pipeline, consumer)
+    assert consumer.commits == [{(TOPIC, 0): 5, (TOPIC, 1): 10}]
+    # Publishing failed twice, was retried, and the commit came only after it succeeded.
+    assert consumer.events[-2:] == [consumer.events[-2], "commit"]
+    assert consumer.events[-2].startswith("published")
+    assert len(out.on("usage.accepted")) == 2
+
+
+async def test_database_outage_is_retried_not_rejected() -> None:
+    pipeline, store, consumer, out = make_pipeline([[record(event("a"), 0), record(event("b"), 1)]])
+    store.failures_left = 3
+    await run_until_drained(pipeline, consumer)
+    assert store.calls == 4
+    assert out.on("usage.rejected") == []
+    assert [o["status"] for o in out.on("usage.accepted")] == ["created", "created"]
+
+
+async def test_a_record_the_database_refuses_does_not_block_the_others() -> None:
+    pipeline, store, consumer, out = make_pipeline(
+        [[record(event("good-1"), 0), record(event("poison"), 1), record(event("good-2"), 2)]]
+    )
+    store.refused_references = {"poison"}
+    await run_until_drained(pipeline, consumer)
+    assert sorted(store.rows) == ["good-1", "good-2"]
+    [rejected] = out.on("usage.rejected")
+    assert rejected["externalReference"] == "poison"
+    assert consumer.commits == [{(TOPIC, 0): 3}]
+
+
+async def test_dead_letter_keeps_the_record_and_replaces_earlier_failure_headers() -> None:
+    stale = [
+        ("trace", b"t-1"),
+        ("usage-ingest.error.code", b"OLD"),
+        ("usage-ingest.replay-count", b"2"),
+    ]
+    pipeline, _, consumer, out = make_pipeline(
+        [[record(event(contractId=999), 7, 2, key=b"k-1", headers=stale)]]
+    )
+    await run_until_drained(pipeline, consumer)
+    [dead] = [r for r in out.sent if r.topic == "usage.events.dlq"]
+    assert dead.key == b"k-1"
+    assert dead.value == event(contractId=999)
+    headers = dict(dead.headers)
+    assert len(dead.headers) == len(headers), "a header appears twice"
+    assert headers["trace"] == b"t-1"
+    assert headers["usage-ingest.error.code"] == b"UNKNOWN_CONTRACT"
+    assert headers["usage-ingest.error.retryable"] == b"true"
+    assert headers["usage-ingest.source.partition"] == b"2"
+    assert headers["usage-ingest.source.offset"] == b"7"
+    assert headers["usage-ingest.replay-count"] == b"2"
+    assert set(headers) >= DEAD_LETTER_HEADERS
+
+
+async def test_unreadable_record_is_keyed_by_its_input_key() -> None:
+    pipeline, _, consumer, out = make_pipeline([[record(b"\xff\xfe", 0, key=b"input-key")]])
+    await run_until_drained(pipeline, consumer)
+    [rejected] = [r for r in out.sent if r.topic == "usage.rejected"]
+    assert rejected.key == b"input-key"
+    assert json.loads(rejected.value)["externalReference"] is None
+
+
+@pytest.mark.parametrize(
+    ("offsets", "expected"),
+    [([0], {(TOPIC, 0): 1}), ([4, 2, 9], {(TOPIC, 0): 10})],
+)
+def test_next_offsets_is_one_past_the_highest(
+    offsets: list[int], expected: dict[Partition, int]
+) -> None:
+    assert next_offsets([record(b"{}", o) for o in offsets]) == expected
