@@ -159,6 +159,11 @@ class Pipeline:
             self._in_flight = task
             try:
                 await self._finish(task, stop)
+            except asyncio.CancelledError:
+                # The worker itself is cancelled: the batch goes with it, uncommitted.
+                task.cancel()
+                await asyncio.wait({task})
+                raise
             finally:
                 self._in_flight = None
             if task.cancelled() or isinstance(task.exception(), CommitRefused):
