@@ -235,3 +235,153 @@ SELECT
            greatest((SELECT max(id) FROM usage_product_inventories), $2::bigint, 1)),
     setval(pg_get_serial_sequence('usage_product_references', 'id'),
            greatest((SELECT max(id) FROM usage_product_references), $3::bigint, 1));
+
+
+-- ===========================================================================
+-- HTTP API (usage_ingest.api; SPEC-API.md)
+-- ===========================================================================
+
+-- name: lock_inventory_writes
+-- Writes of inventory records (the API's and `reference load`) take this lock, so
+-- that the overlap rule and the one-record-per-site-product-start rule are checked
+-- against committed data: two concurrent writers cannot both pass the check.
+SELECT pg_advisory_xact_lock(hashtextextended('usage-ingest.inventory-writes', 0));
+
+-- name: product_item_exists
+SELECT EXISTS (SELECT 1 FROM product_items WHERE id = $1);
+
+-- name: find_other_inventory_by_natural_key
+-- Another record with the same site, product and start date ($4: the record
+-- being written, null when it is new).
+SELECT id FROM usage_product_inventories
+WHERE site_id = $1 AND usage_product_id = $2 AND start_date = $3
+  AND id IS DISTINCT FROM $4::bigint
+ORDER BY id
+LIMIT 1;
+
+-- name: fetch_inventories
+-- Inventory records in the platform API's JSON form (camelCase), by id.
+SELECT i.id, json_build_object(
+    'id', i.id,
+    'siteId', i.site_id,
+    'usageProductId', i.usage_product_id,
+    'startDate', i.start_date,
+    'endDate', i.end_date,
+    'supplierAccountId', i.supplier_account_id,
+    'billByServiceId', i.bill_by_service_id,
+    'serviceId', i.service_id,
+    'billable', i.billable,
+    'inFlightOrder', i.in_flight_order,
+    'externalOrderReference', i.external_order_reference,
+    'externalNetworkOrderReference', i.external_network_order_reference,
+    'pendingEndDate', i.pending_end_date,
+    'usageCapEnabled', i.usage_cap_enabled,
+    'defaultUsageCap', i.default_usage_cap,
+    'overrideUsageCap', i.override_usage_cap,
+    'applySurcharges', i.apply_surcharges,
+    'productReferences', coalesce((
+        SELECT json_agg(json_build_object(
+            'id', r.id,
+            'productReference', r.product_reference,
+            'primary', r."primary",
+            'label', r.label,
+            'startDate', r.start_date,
+            'endDate', r.end_date,
+            'userId', r.user_id,
+            'userEmail', r.user_email,
+            'costCentreCode', r.cost_centre_code,
+            'departmentCode', r.department_code,
+            'notes', r.notes
+        ) ORDER BY r.position, r.id)
+        FROM usage_product_references r
+        WHERE r.inventory_id = i.id
+    ), '[]'::json)
+)::text AS record
+FROM usage_product_inventories i
+WHERE i.id = ANY($1::bigint[]);
+
+-- name: list_inventory_ids
+-- One page of inventory ids and the number of matching records, in one snapshot.
+-- A template: Store.list_inventories replaces the two markers below with SQL built
+-- from whitelisted column names only; every value is a bound parameter ($3 on).
+-- $1 limit, $2 offset.
+WITH matched AS (
+    SELECT i.*
+    FROM usage_product_inventories i
+    WHERE true /*where*/
+)
+SELECT
+    (SELECT count(*) FROM matched) AS total,
+    ARRAY(SELECT id FROM matched ORDER BY /*order by*/ LIMIT $1 OFFSET $2) AS ids;
+
+-- name: insert_product_item
+-- A new product item; nothing (no row) when the reference is taken.
+INSERT INTO product_items (
+    reference, name, description, type, status, tax_category, display_order, unit_name,
+    custom_fields
+)
+VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $6, $7::jsonb, $8::jsonb)
+ON CONFLICT (reference) DO NOTHING
+RETURNING json_build_object(
+    'id', id,
+    'object_type', 'product_item',
+    'reference', reference,
+    'name', name,
+    'description', description,
+    'type', type,
+    'status', status,
+    'tax_category', tax_category,
+    'display_order', display_order,
+    'unit_name', unit_name,
+    'custom_fields', custom_fields
+)::text AS record;
+
+-- name: fetch_contract
+SELECT json_build_object(
+    'id', id,
+    'debtorId', debtor_id,
+    'siteId', site_id,
+    'startDate', start_date,
+    'endDate', end_date
+)::text AS record
+FROM contracts
+WHERE id = $1;
+
+-- name: fetch_usage
+-- A stored usage; jsonb columns as text so quantities stay exact decimals.
+SELECT
+    id, external_reference, contract_id, debtor_id, inventory_id, product_item_id,
+    product_ident, description, start_date, end_date, operating_site,
+    tax_location::text AS tax_location, performance_location::text AS performance_location,
+    service_country, unit_quantities::text AS unit_quantities, properties::text AS properties,
+    billable, payload_hash, source_topic, source_partition, source_offset, received_at
+FROM usages
+WHERE external_reference = $1;
+
+-- name: insert_api_key
+INSERT INTO api_keys (key_id, name, key_hash, permissions)
+VALUES ($1, $2, $3, $4::text[])
+ON CONFLICT (key_id) DO NOTHING
+RETURNING key_id;
+
+-- name: find_api_key
+SELECT key_id, name, key_hash, permissions, created_at, revoked_at
+FROM api_keys
+WHERE key_id = $1;
+
+-- name: list_api_keys
+SELECT key_id, name, key_hash, permissions, created_at, revoked_at
+FROM api_keys
+ORDER BY created_at, key_id;
+
+-- name: revoke_api_key
+-- Revoking twice keeps the first revocation time.
+UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
+WHERE key_id = $1
+RETURNING key_id, name, key_hash, permissions, created_at, revoked_at;
+
+-- name: has_migrations_table
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: applied_migrations
+SELECT coalesce(array_agg(version), '{}') FROM schema_migrations;

@@ -51,6 +51,30 @@ class ReferenceDataError(UsageIngestError):
     """The reference data file is invalid; nothing was written."""
 
 
+class ReferenceDataConflict(UsageIngestError):
+    """A change to reference data conflicts with what is stored; nothing was written.
+
+    `field` names the offending field of the change (a dotted path), when there is one.
+    """
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownReferencedRecord(ReferenceDataConflict):
+    """A record the change refers to does not exist."""
+
+
+class DuplicateRecord(ReferenceDataConflict):
+    """A record with the same identity already exists."""
+
+
+class OverlappingProductReference(ReferenceDataConflict):
+    """A product reference is already on another inventory record whose active period
+    overlaps: the same number would be billed twice."""
+
+
 class ErrorCode(StrEnum):
     """Why a record was refused (SPEC.md §5). The values are a public contract."""
 

@@ -107,6 +107,8 @@ def normalise_decimal(value: Decimal) -> Decimal:
     """
     sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
+    if exponent >= 0 or digits[-1] != 0:  # already normal, the common case
+        return value if value else Decimal(0)
     digit_list = list(digits)
     while exponent < 0 and len(digit_list) > 1 and digit_list[-1] == 0:
         digit_list.pop()

@@ -103,6 +103,35 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How long SIGTERM waits for the batch in flight."
     )
 
+    # --- The HTTP API (usage-ingest api) -----------------------------------
+    api_host: str = Field(
+        default="127.0.0.1", min_length=1, description="Address the HTTP API listens on."
+    )
+    api_port: int = Field(
+        default=8080, ge=1, le=MAX_PORT, description="Port the HTTP API listens on."
+    )
+    api_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest HTTP request body accepted (larger: 413).",
+    )
+    api_publish_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long POST /usages waits for the broker's acknowledgement (then 503).",
+    )
+
+    # --- Operations ----------------------------------------------------------
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - scraped from outside the host or pod
+        description="Address of the /metrics, /healthz and /readyz server.",
+    )
+    metrics_port: int = Field(
+        default=9464, ge=0, le=MAX_PORT, description="Port of that server; 0 turns it off."
+    )
+
     # --- Logs --------------------------------------------------------------
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     log_format: LogFormat = Field(default=LogFormat.AUTO, description="auto, json or console.")
@@ -163,3 +192,22 @@ class Settings(BaseSettings):
     @property
     def output_topics(self) -> tuple[str, str, str]:
         return (self.topic_accepted, self.topic_rejected, self.topic_dlq)
+
+
+def settings_reference() -> str:
+    """The configuration reference as a Markdown table: variable, flag, default, meaning.
+
+    README's table under "Configuration" is this text (a test compares them); `usage-ingest
+    settings` prints it.
+    """
+    lines = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if default is None:
+            shown = "—"
+        else:
+            shown = f"`{default.value if isinstance(default, StrEnum) else default}`"
+        meaning = (info.description or "").replace("|", "\\|")
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | `{flag}` | {shown} | {meaning} |")
+    return "\n".join(lines) + "\n"

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
 from usage_ingest.errors import (
+    DuplicateRecord,
+    OverlappingProductReference,
     ReferenceDataError,
     StoreRefusedData,
     StoreUnavailable,
+    UnknownReferencedRecord,
 )
-from usage_ingest.reference_data import InventoryIn, ProductItemIn, ReferenceFile
+from usage_ingest.reference_data import ContractIn, InventoryIn, ProductItemIn, ReferenceFile
 from usage_ingest.resolution import (
     Contract,
     Inventory,
@@ -144,6 +149,152 @@ class LoadCounts:
         bucket[kind] = bucket.get(kind, 0) + 1
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """A stored API key: never the key itself, only its hash."""
+
+    key_id: str
+    name: str
+    key_hash: str
+    permissions: tuple[str, ...]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _api_key(row: asyncpg.Record) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        row["key_id"],
+        row["name"],
+        row["key_hash"],
+        tuple(row["permissions"]),
+        row["created_at"],
+        row["revoked_at"],
+    )
+
+
+# --- the HTTP API's inventory list: a whitelist, and values as parameters --------
+
+
+class FilterKind(StrEnum):
+    ID = "id"  # exact
+    DATE = "date"  # eq, lt, gt, gtn
+    TEXT = "text"  # eq, in, like
+
+
+class FilterOp(StrEnum):
+    EQ = "eq"
+    LT = "lt"
+    GT = "gt"
+    GTN = "gtn"  # greater than, or null
+    IN = "in"
+    LIKE = "like"  # case-insensitive contains
+
+
+FILTER_OPS: Final[dict[FilterKind, frozenset[FilterOp]]] = {
+    FilterKind.ID: frozenset({FilterOp.EQ}),
+    FilterKind.DATE: frozenset({FilterOp.EQ, FilterOp.LT, FilterOp.GT, FilterOp.GTN}),
+    FilterKind.TEXT: frozenset({FilterOp.EQ, FilterOp.IN, FilterOp.LIKE}),
+}
+
+# Filterable fields (the API's names): kind, column, and whether the column is on
+# the record's product references (then "any of its product references").
+_INVENTORY_FILTERS: Final[dict[str, tuple[FilterKind, str, bool]]] = {
+    "usageProductId": (FilterKind.ID, "i.usage_product_id", False),
+    "siteId": (FilterKind.ID, "i.site_id", False),
+    "startDate": (FilterKind.DATE, "i.start_date", False),
+    "endDate": (FilterKind.DATE, "i.end_date", False),
+    "serviceId": (FilterKind.TEXT, "i.service_id", False),
+    "productReference": (FilterKind.TEXT, "r.product_reference", True),
+    "label": (FilterKind.TEXT, "r.label", True),
+}
+INVENTORY_FILTER_KINDS: Final[dict[str, FilterKind]] = {
+    name: kind for name, (kind, _, _) in _INVENTORY_FILTERS.items()
+}
+_CONDITIONS: Final[dict[FilterOp, str]] = {
+    FilterOp.EQ: "{column} = ${n}",
+    FilterOp.LT: "{column} < ${n}",
+    FilterOp.GT: "{column} > ${n}",
+    FilterOp.GTN: "({column} > ${n} OR {column} IS NULL)",
+    FilterOp.IN: "{column} = ANY(${n}::text[])",
+    FilterOp.LIKE: "strpos(lower({column}), lower(${n}::text)) > 0",
+}
+_ON_PRODUCT_REFERENCES = (
+    "EXISTS (SELECT 1 FROM usage_product_references r"
+    " WHERE r.inventory_id = i.id AND {condition})"
+)
+# Sortable fields (the API's names) and their columns in `list_inventory_ids`.
+INVENTORY_SORT_COLUMNS: Final[dict[str, str]] = {
+    "id": "id",
+    "siteId": "site_id",
+    "usageProductId": "usage_product_id",
+    "startDate": "start_date",
+    "endDate": "end_date",
+    "supplierAccountId": "supplier_account_id",
+    "billByServiceId": "bill_by_service_id",
+    "serviceId": "service_id",
+    "billable": "billable",
+    "inFlightOrder": "in_flight_order",
+    "externalOrderReference": "external_order_reference",
+    "externalNetworkOrderReference": "external_network_order_reference",
+    "pendingEndDate": "pending_end_date",
+    "usageCapEnabled": "usage_cap_enabled",
+    "defaultUsageCap": "default_usage_cap",
+    "overrideUsageCap": "override_usage_cap",
+    "applySurcharges": "apply_surcharges",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryFilter:
+    field: str
+    op: FilterOp
+    value: int | date | str | tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryListQuery:
+    limit: int
+    offset: int
+    sort: tuple[tuple[str, bool], ...] = ()  # (field, descending)
+    filters: tuple[InventoryFilter, ...] = ()
+
+
+def compose_inventory_list(query: InventoryListQuery) -> tuple[str, list[Any]]:
+    """The SQL and parameters of one list page.
+
+    Only whitelisted column names and parameter numbers are put into the SQL text;
+    every value goes in as a bound parameter. Unknown fields or operators raise
+    ValueError (the API refuses them before they get here). The record id always
+    ends the order, so pages are stable.
+    """
+    params: list[Any] = [query.limit, query.offset]
+    conditions = []
+    for item in query.filters:
+        if item.field not in _INVENTORY_FILTERS:
+            raise ValueError(f"{item.field!r} cannot be filtered on")
+        kind, column, on_references = _INVENTORY_FILTERS[item.field]
+        if item.op not in FILTER_OPS[kind]:
+            raise ValueError(f"{item.field!r} cannot be filtered with {item.op}")
+        params.append(list(item.value) if isinstance(item.value, tuple) else item.value)
+        condition = _CONDITIONS[item.op].format(column=column, n=len(params))
+        if on_references:
+            condition = _ON_PRODUCT_REFERENCES.format(condition=condition)
+        conditions.append(condition)
+    order = []
+    for name, descending in query.sort:
+        if name not in INVENTORY_SORT_COLUMNS:
+            raise ValueError(f"{name!r} cannot be sorted on")
+        order.append(f"{INVENTORY_SORT_COLUMNS[name]} {'DESC' if descending else 'ASC'}")
+    if "id" not in {name for name, _ in query.sort}:
+        order.append("id ASC")
+    sql = (
+        QUERIES["list_inventory_ids"]
+        .replace("/*where*/", "".join(f"\n      AND {c}" for c in conditions))
+        .replace("/*order by*/", ", ".join(order))
+    )
+    return sql, params
+
+
 class Store:
     """Usages and reference data in Postgres."""
 
@@ -249,6 +400,7 @@ class Store:
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
+            await conn.execute(QUERIES["lock_inventory_writes"])
             await conn.fetchrow(QUERIES["reserve_explicit_ids"], *_largest_explicit_ids(data))
             sites = await conn.fetch(QUERIES["upsert_operating_sites"], data.operating_sites)
             if sites:
@@ -276,6 +428,147 @@ class Store:
                     inventory_ids.append(inventory_id)
             await _refuse_overlaps(conn, inventory_ids)
         return counts
+
+    # --- the HTTP API --------------------------------------------------------
+
+    async def unapplied_migrations(self) -> list[str]:
+        """The `sql/` migrations this database has not applied yet."""
+        async with _translated_errors("read applied migrations"), self._pool.acquire() as conn:
+            applied: set[str] = set()
+            if await conn.fetchval(QUERIES["has_migrations_table"]):
+                applied = set(await conn.fetchval(QUERIES["applied_migrations"]))
+        return [path.stem for path in migration_files() if path.stem not in applied]
+
+    async def get_inventory(self, inventory_id: int) -> dict[str, Any] | None:
+        """One inventory record in the platform API's JSON form, or None."""
+        async with _translated_errors("read inventory record"):
+            rows = await self._pool.fetch(QUERIES["fetch_inventories"], [inventory_id])
+        return json.loads(rows[0]["record"]) if rows else None
+
+    async def list_inventories(self, query: InventoryListQuery) -> tuple[int, list[dict[str, Any]]]:
+        """The number of matching inventory records and one page of them, one snapshot."""
+        sql, params = compose_inventory_list(query)
+        async with (
+            _translated_errors("list inventory records"),
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            page = await conn.fetchrow(sql, *params)
+            assert page is not None
+            rows = await conn.fetch(QUERIES["fetch_inventories"], page["ids"])
+        by_id = {row["id"]: json.loads(row["record"]) for row in rows}
+        return int(page["total"]), [by_id[i] for i in page["ids"]]
+
+    async def create_inventory(self, inventory: InventoryIn) -> dict[str, Any]:
+        """Insert a new inventory record (ids assigned here); returns its JSON form.
+
+        Raises `UnknownReferencedRecord` (no such product item), `DuplicateRecord`
+        (a record with the same site, product and start date exists) or
+        `OverlappingProductReference`; nothing is written then.
+        """
+        async with (
+            _translated_errors("create inventory record"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(QUERIES["lock_inventory_writes"])
+            inventory_id = await _write_inventory(conn, inventory, None)
+            return await _inventory_json(conn, inventory_id)
+
+    async def patch_inventory(
+        self, inventory_id: int, change: Callable[[dict[str, Any]], InventoryIn]
+    ) -> dict[str, Any] | None:
+        """Replace a record by `change(its JSON form)`, atomically; None when it does not
+        exist. Whatever `change` raises propagates and nothing is written; so do the
+        errors of `create_inventory`."""
+        async with (
+            _translated_errors("update inventory record"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.execute(QUERIES["lock_inventory_writes"])
+            rows = await conn.fetch(QUERIES["fetch_inventories"], [inventory_id])
+            if not rows:
+                return None
+            changed = change(json.loads(rows[0]["record"])).model_copy(
+                update={"id": inventory_id}
+            )
+            await _write_inventory(conn, changed, inventory_id)
+            return await _inventory_json(conn, inventory_id)
+
+    async def create_product_item(self, item: ProductItemIn) -> dict[str, Any] | None:
+        """Insert an ACTIVE product item; returns its JSON form, or None if the reference
+        is taken."""
+        async with _translated_errors("create product item"):
+            record = await self._pool.fetchval(
+                QUERIES["insert_product_item"],
+                item.reference,
+                item.name,
+                item.description,
+                item.type,
+                item.tax_category,
+                item.display_order,
+                _json_or_none(item.unit_name),
+                _json_or_none(item.custom_fields),
+            )
+        return None if record is None else dict(json.loads(record))
+
+    async def put_contract(self, contract: ContractIn) -> dict[str, Any]:
+        """Create or replace a contract; returns its JSON form."""
+        async with (
+            _translated_errors("write contract"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            await conn.fetchrow(
+                QUERIES["upsert_contract"],
+                contract.id,
+                contract.debtor_id,
+                contract.site_id,
+                contract.start_date,
+                contract.end_date,
+            )
+            record = await conn.fetchval(QUERIES["fetch_contract"], contract.id)
+        return dict(json.loads(record))
+
+    async def get_usage(self, external_reference: str) -> dict[str, Any] | None:
+        """A stored usage by externalReference (columns by name; JSON parsed, decimals
+        exact), or None."""
+        async with _translated_errors("read usage"):
+            row = await self._pool.fetchrow(QUERIES["fetch_usage"], external_reference)
+        if row is None:
+            return None
+        usage = dict(row)
+        for column in ("tax_location", "performance_location", "unit_quantities", "properties"):
+            if usage[column] is not None:
+                usage[column] = json.loads(usage[column], parse_float=Decimal)
+        return usage
+
+    async def create_api_key(
+        self, key_id: str, name: str, key_hash: str, permissions: Sequence[str]
+    ) -> bool:
+        """Store a key's hash; False when the key id is taken (draw another)."""
+        async with _translated_errors("create API key"):
+            created = await self._pool.fetchval(
+                QUERIES["insert_api_key"], key_id, name, key_hash, list(permissions)
+            )
+        return created is not None
+
+    async def find_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        async with _translated_errors("read API key"):
+            row = await self._pool.fetchrow(QUERIES["find_api_key"], key_id)
+        return None if row is None else _api_key(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        async with _translated_errors("list API keys"):
+            rows = await self._pool.fetch(QUERIES["list_api_keys"])
+        return [_api_key(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """Revoke a key (at once, for every later request); None when there is no such key."""
+        async with _translated_errors("revoke API key"):
+            row = await self._pool.fetchrow(QUERIES["revoke_api_key"], key_id)
+        return None if row is None else _api_key(row)
 
 
 async def _upsert_product_item(conn: Connection, item: ProductItemIn) -> asyncpg.Record | None:
@@ -359,6 +652,46 @@ async def upsert_inventory(conn: Connection, inventory: InventoryIn, counts: Loa
     return int(inventory_id)
 
 
+async def _write_inventory(
+    conn: Connection, inventory: InventoryIn, existing_id: int | None
+) -> int:
+    """The HTTP API's write of one inventory record, under `lock_inventory_writes`."""
+    if not await conn.fetchval(QUERIES["product_item_exists"], inventory.usage_product_id):
+        raise UnknownReferencedRecord(
+            f"product item {inventory.usage_product_id} does not exist", field="usageProductId"
+        )
+    other = await conn.fetchval(
+        QUERIES["find_other_inventory_by_natural_key"],
+        inventory.site_id,
+        inventory.usage_product_id,
+        inventory.start_date,
+        existing_id,
+    )
+    if other is not None:
+        raise DuplicateRecord(
+            f"inventory record {other} already has site {inventory.site_id}, product item "
+            f"{inventory.usage_product_id} and start date {inventory.start_date}",
+            field="startDate",
+        )
+    inventory_id = await upsert_inventory(conn, inventory, LoadCounts())
+    overlap = await conn.fetchrow(QUERIES["find_overlapping_product_references"], [inventory_id])
+    if overlap is not None:
+        references = [ref.product_reference for ref in inventory.product_references]
+        index = references.index(overlap["product_reference"])
+        raise OverlappingProductReference(
+            f"product reference {overlap['product_reference']!r} is already on inventory record "
+            f"{overlap['other_inventory_id']}, whose active period overlaps this one's: the same "
+            "number would be billed twice",
+            field=f"productReferences.{index}.productReference",
+        )
+    return inventory_id
+
+
+async def _inventory_json(conn: Connection, inventory_id: int) -> dict[str, Any]:
+    rows = await conn.fetch(QUERIES["fetch_inventories"], [inventory_id])
+    return dict(json.loads(rows[0]["record"]))
+
+
 async def _refuse_overlaps(conn: Connection, inventory_ids: list[int]) -> None:
     overlap = await conn.fetchrow(QUERIES["find_overlapping_product_references"], inventory_ids)
     if overlap is not None:
@@ -428,8 +761,14 @@ def _stored(record: asyncpg.Record, rows: dict[str, UsageRow]) -> StoredUsage:
     )
 
 
+# asyncpg stores date.max and date.min as Postgres' infinity; jsonb spells them out.
+_INFINITE_DAYS = {"infinity": date.max, "-infinity": date.min}
+
+
 def _day(value: str | None) -> date | None:
-    return None if value is None else date.fromisoformat(value)
+    if value is None:
+        return None
+    return _INFINITE_DAYS.get(value) or date.fromisoformat(value)
 
 
 def _contract(data: dict[str, Any]) -> Contract:

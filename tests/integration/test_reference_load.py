@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from tests.integration.conftest import DEMO_REFERENCE
 from usage_ingest.errors import ReferenceDataError
 from usage_ingest.reference_data import ReferenceFile
+from usage_ingest.resolution import ReferenceKeys
 from usage_ingest.store import LoadCounts, Store
 
 pytestmark = pytest.mark.integration
@@ -495,3 +497,50 @@ async def test_explicit_ids_in_the_same_file_do_not_collide_with_assigned_ids(
         "SELECT product_reference FROM usage_product_references ORDER BY product_reference"
     )
     assert [r["product_reference"] for r in references] == ["4401", "4402"]
+
+
+async def test_extreme_dates_round_trip_to_resolution(database_url: str) -> None:
+    """9999-12-31 is a common 'open-ended' end date; asyncpg stores it as infinity."""
+    store = await Store.open(database_url)
+    try:
+        await store.load_reference(
+            ReferenceFile.model_validate(
+                {
+                    "productItems": [{"id": 1, "reference": "p", "type": "USAGE_BASED"}],
+                    "contracts": [
+                        {
+                            "id": 1,
+                            "debtorId": 1,
+                            "siteId": 1,
+                            "startDate": "0001-01-01",
+                            "endDate": "9999-12-31",
+                        }
+                    ],
+                    "usageProductInventories": [
+                        {
+                            "id": 1,
+                            "siteId": 1,
+                            "usageProductId": 1,
+                            "startDate": "2020-01-01",
+                            "endDate": "9999-12-31",
+                            "productReferences": [{"productReference": "x"}],
+                        }
+                    ],
+                }
+            )
+        )
+        snapshot = await store.fetch_reference(
+            ReferenceKeys(
+                frozenset({"p"}),
+                frozenset({1}),
+                frozenset(),
+                frozenset(),
+                date(2026, 1, 1),
+                date(2026, 1, 1),
+            )
+        )
+    finally:
+        await store.close()
+    assert snapshot.contracts_by_id[1].end_date == date.max
+    assert snapshot.contracts_by_id[1].start_date == date.min
+    assert snapshot.inventories_by_site_product[(1, 1)][0].end_date == date.max

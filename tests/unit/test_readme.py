@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from usage_ingest.settings import ENV_PREFIX, Settings
+from usage_ingest.settings import ENV_PREFIX, Settings, settings_reference
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
@@ -20,6 +20,23 @@ def test_every_setting_is_documented_with_its_flag() -> None:
         f"{ENV_PREFIX}{name.upper()} --{name.replace('_', '-')}" for name in Settings.model_fields
     }
     assert documented_settings() == expected
+
+
+def readme_configuration_table() -> str:
+    """The table under "## Configuration", header included, up to its last row."""
+    section = README.split("\n## Configuration\n", 1)[1]
+    rows = section[section.index("| variable | flag | default | meaning |") :].splitlines()
+    table = []
+    for row in rows:
+        if not row.startswith("|"):
+            break
+        table.append(row)
+    return "\n".join(table) + "\n"
+
+
+def test_the_configuration_table_is_generated_from_the_settings_model() -> None:
+    # On a difference: replace README's table with the output of `usage-ingest settings`.
+    assert readme_configuration_table() == settings_reference()
 
 
 def test_readme_starts_with_the_two_commands() -> None:

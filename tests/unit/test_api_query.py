@@ -1,0 +1,234 @@
+"""The list endpoint's query string and the SQL made of it; JSON Patch on a record
+(pure functions, no I/O)."""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import date
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+
+from usage_ingest.api import (
+    ApiError,
+    ApiErrorItem,
+    PatchOperation,
+    apply_patch,
+    parse_filter,
+    parse_list_query,
+    parse_sort,
+)
+from usage_ingest.store import (
+    FilterOp,
+    InventoryFilter,
+    InventoryListQuery,
+    compose_inventory_list,
+)
+
+HOSTILE = "x'); DROP TABLE usages; --"
+
+
+def query(names: list[str], **values: Any) -> tuple[InventoryListQuery, Any]:
+    defaults: dict[str, Any] = {"page": 1, "page_size": 10, "sort": None, "fields": None}
+    filters = values.pop("filters", {})
+    return parse_list_query(names, **{**defaults, **values}, filters=filters)
+
+
+def test_sort_keys_and_directions() -> None:
+    errors: list[ApiErrorItem] = []
+    assert parse_sort("startDate:desc,id", errors) == (("startDate", True), ("id", False))
+    assert parse_sort("siteId:asc", errors) == (("siteId", False),)
+    assert errors == []
+    for bad in ("color", "startDate:down", "id,id", "", "productReferences", HOSTILE):
+        errors = []
+        parse_sort(bad, errors)
+        assert [e.field for e in errors] == ["sort"], bad
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("siteId", "42", InventoryFilter("siteId", FilterOp.EQ, 42)),
+        ("siteId", "-7", InventoryFilter("siteId", FilterOp.EQ, -7)),
+        ("startDate", "2026-01-31", InventoryFilter("startDate", FilterOp.EQ, date(2026, 1, 31))),
+        ("endDate", "lt:2026-01-31", InventoryFilter("endDate", FilterOp.LT, date(2026, 1, 31))),
+        ("endDate", "gt:2026-01-31", InventoryFilter("endDate", FilterOp.GT, date(2026, 1, 31))),
+        ("endDate", "gtn:2026-01-31", InventoryFilter("endDate", FilterOp.GTN, date(2026, 1, 31))),
+        ("label", "Main", InventoryFilter("label", FilterOp.EQ, "Main")),
+        ("label", "in:a,b", InventoryFilter("label", FilterOp.IN, ("a", "b"))),
+        ("label", "like:ai", InventoryFilter("label", FilterOp.LIKE, "ai")),
+        ("serviceId", "a:b", InventoryFilter("serviceId", FilterOp.EQ, "a:b")),
+        ("serviceId", HOSTILE, InventoryFilter("serviceId", FilterOp.EQ, HOSTILE)),
+    ],
+)
+def test_filters_parse(name: str, text: str, expected: InventoryFilter) -> None:
+    assert parse_filter(name, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("siteId", "1.5"),
+        ("siteId", "in:1,2"),
+        ("siteId", "9" * 20),
+        ("startDate", "2026-02-30"),
+        ("startDate", "ge:2026-01-01"),
+        ("startDate", "2026-1-1"),
+        ("startDate", "\u0662\u0660\u0662\u0666-\u0660\u0661-\u0660\u0661"),  # not ASCII digits
+        ("label", ""),
+        ("label", "in:"),
+        ("label", "in:a,,b"),
+        ("label", "like:"),
+        ("label", "a\x00b"),
+        ("label", "in:" + ",".join("x" * 1001)),
+    ],
+)
+def test_malformed_filters_are_refused(name: str, text: str) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        parse_filter(name, text)
+
+
+def test_query_paging_and_every_problem_at_once() -> None:
+    parsed, fields = query(["page", "pageSize"], page=3, page_size=25)
+    assert (parsed.limit, parsed.offset, fields) == (25, 50, None)
+    with pytest.raises(ApiError) as caught:
+        query(
+            ["page", "page", "pageSize", "colour", "siteId"],
+            sort="size",
+            fields="id,size",
+            filters={"siteId": ["x"]},
+        )
+    assert caught.value.status_code == 400
+    assert sorted(str(e.field) for e in caught.value.errors) == [
+        "colour",
+        "fields",
+        "page",
+        "siteId",
+        "sort",
+    ]
+
+
+def test_list_sql_holds_whitelisted_names_and_parameters_only() -> None:
+    filters = (
+        InventoryFilter("serviceId", FilterOp.EQ, HOSTILE),
+        InventoryFilter("label", FilterOp.LIKE, HOSTILE),
+        InventoryFilter("productReference", FilterOp.IN, (HOSTILE, "b")),
+        InventoryFilter("endDate", FilterOp.GTN, date(2026, 1, 1)),
+        InventoryFilter("siteId", FilterOp.EQ, 5),
+    )
+    sql, params = compose_inventory_list(
+        InventoryListQuery(limit=10, offset=20, sort=(("startDate", True),), filters=filters)
+    )
+    assert HOSTILE not in sql
+    assert params == [10, 20, HOSTILE, HOSTILE, [HOSTILE, "b"], date(2026, 1, 1), 5]
+    assert {int(n) for n in re.findall(r"\$(\d+)", sql)} == set(range(1, len(params) + 1))
+    assert "ORDER BY start_date DESC, id ASC" in sql
+    assert "i.end_date > $6 OR i.end_date IS NULL" in sql
+    assert "r.product_reference = ANY($5::text[])" in sql
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        InventoryListQuery(1, 0, filters=(InventoryFilter("site_id; --", FilterOp.EQ, 1),)),
+        InventoryListQuery(1, 0, filters=(InventoryFilter("siteId", FilterOp.LIKE, "1"),)),
+        InventoryListQuery(1, 0, filters=(InventoryFilter("startDate", FilterOp.IN, ("x",)),)),
+        InventoryListQuery(1, 0, sort=(("id; DROP TABLE usages", False),)),
+    ],
+)
+def test_list_sql_refuses_what_is_not_whitelisted(bad: InventoryListQuery) -> None:
+    with pytest.raises(ValueError, match="cannot be"):
+        compose_inventory_list(bad)
+
+
+# --- JSON Patch ------------------------------------------------------------------------
+
+RECORD: dict[str, Any] = {
+    "id": 7,
+    "siteId": 1,
+    "usageProductId": 2,
+    "startDate": "2026-01-01",
+    "endDate": None,
+    "supplierAccountId": None,
+    "billByServiceId": None,
+    "serviceId": "SVC",
+    "billable": True,
+    "inFlightOrder": None,
+    "externalOrderReference": None,
+    "externalNetworkOrderReference": None,
+    "pendingEndDate": None,
+    "usageCapEnabled": None,
+    "defaultUsageCap": None,
+    "overrideUsageCap": None,
+    "applySurcharges": None,
+    "productReferences": [
+        {
+            "id": 70,
+            "productReference": "441",
+            "primary": True,
+            "label": None,
+            "startDate": None,
+            "endDate": None,
+            "userId": None,
+            "userEmail": None,
+            "costCentreCode": None,
+            "departmentCode": None,
+            "notes": None,
+        }
+    ],
+}
+OPERATIONS = TypeAdapter(list[PatchOperation])
+
+
+def patched(operations: list[dict[str, Any]]) -> Any:
+    record = copy.deepcopy(RECORD)
+    try:
+        return apply_patch(record, OPERATIONS.validate_python(operations))
+    finally:
+        assert record == RECORD  # never changed, whatever happened
+
+
+def test_patch_result_keeps_the_id_and_lets_the_store_match_references_by_number() -> None:
+    result = patched(
+        [
+            {"op": "replace", "path": "/billable", "value": False},
+            {"op": "add", "path": "/productReferences/-", "value": {"productReference": "442"}},
+        ]
+    )
+    assert (result.id, result.billable) == (7, False)
+    assert [(r.id, r.product_reference) for r in result.product_references] == [
+        (None, "441"),
+        (None, "442"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("operations", "code", "field"),
+    [
+        ([{"op": "test", "path": "/billable", "value": False}], "PATCH_TEST_FAILED", "0"),
+        ([{"op": "remove", "path": "/nothing"}], "PATCH_FAILED", "0"),
+        ([{"op": "replace", "path": "/id", "value": 8}], "READ_ONLY_FIELD", "id"),
+        (
+            [
+                {
+                    "op": "add",
+                    "path": "/productReferences/-",
+                    "value": {"id": 71, "productReference": "442"},
+                }
+            ],
+            "READ_ONLY_FIELD",
+            "productReferences.1.id",
+        ),
+        (
+            [{"op": "replace", "path": "/startDate", "value": "9999-12-31"}],
+            "SCHEMA_VIOLATION",
+            "startDate",
+        ),
+    ],
+)
+def test_patch_failures(operations: list[dict[str, Any]], code: str, field: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        patched(operations)
+    assert [(e.code, e.field) for e in caught.value.errors] == [(code, field)]
