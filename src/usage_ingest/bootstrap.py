@@ -9,13 +9,21 @@ import asyncio
 
 import structlog
 
-from usage_ingest.errors import DependencyUnavailable
+from usage_ingest.errors import ConfigurationError, DependencyUnavailable
 from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.metrics import (
+    ReadinessCheck,
+    WorkerMetrics,
+    serve_operations,
+    watch_readiness,
+)
 from usage_ingest.pipeline import Counters, Pipeline
-from usage_ingest.settings import Settings
+from usage_ingest.settings import ENV_PREFIX, Settings
 from usage_ingest.store import Store
 
 log = structlog.get_logger("usage_ingest.worker")
+
+READINESS_TIMEOUT_S = 2.0
 
 
 async def open_store(settings: Settings) -> Store:
@@ -24,6 +32,33 @@ async def open_store(settings: Settings) -> Store:
         max_size=settings.db_pool_max_size,
         statement_timeout_s=settings.db_statement_timeout_s,
     )
+
+
+async def _serve_operations(
+    settings: Settings, metrics: WorkerMetrics, readiness: ReadinessCheck
+) -> asyncio.Server | None:
+    """The /metrics, /healthz and /readyz server, unless the metrics port is 0."""
+    if settings.metrics_port == 0:
+        return None
+    try:
+        server = await serve_operations(
+            settings.metrics_host, settings.metrics_port, metrics, readiness
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+            f"({exc.strerror}): set {ENV_PREFIX}METRICS_PORT (--metrics-port)"
+        ) from exc
+    log.info("operations_server_started", host=settings.metrics_host, port=settings.metrics_port)
+    return server
+
+
+async def _database_answers(store: Store) -> bool:
+    try:
+        await asyncio.wait_for(store.ping(), READINESS_TIMEOUT_S)
+    except (DependencyUnavailable, TimeoutError):
+        return False
+    return True
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
@@ -41,12 +76,20 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
             await pipeline.on_partitions_revoked(partitions)
 
     consumer = EventConsumer(settings, on_revoked)
-    pipeline = Pipeline(settings, store, consumer, producer)
-    started: list[EventConsumer | OutputProducer] = []
+    metrics = WorkerMetrics()
+    pipeline = Pipeline(settings, store, consumer, producer, metrics=metrics)
+
+    async def readiness() -> dict[str, bool]:
+        database, broker = await asyncio.gather(_database_answers(store), consumer.reachable())
+        return {"group": consumer.in_group, "database": database, "broker": broker}
+
+    operations: asyncio.Server | None = None
+    watcher = asyncio.create_task(watch_readiness(metrics, readiness))
+    metrics.up.set(1)
     try:
+        operations = await _serve_operations(settings, metrics, readiness)
         for client in (producer, consumer):
             await pipeline.retrying(f"start {type(client).__name__}", client.start, stop)
-            started.append(client)
         log.info(
             "worker_started",
             topic=settings.topic_events,
@@ -62,9 +105,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
         log.exception("worker_failed")
         raise
     finally:
-        for client in reversed(started):
-            await client.stop()
+        metrics.up.set(0)
+        watcher.cancel()
+        # Stopping a client that never started is harmless; leaving it unclosed is not.
+        await consumer.stop()
+        await producer.stop()
         await store.close()
+        if operations is not None:
+            operations.close()
+            await operations.wait_closed()
         log.info(
             "worker_stopped",
             batches=pipeline.counters.batches,

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ import structlog
 
 from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
 from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
+from usage_ingest.metrics import WorkerMetrics
 from usage_ingest.models import Location, Outcome, OutcomeError, OutcomeWarning, Source
 from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.settings import Settings
@@ -62,6 +65,8 @@ class StorePort(Protocol):
 class ConsumerPort(Protocol):
     async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]: ...
 
+    def highwater(self, partition: Partition) -> int | None: ...
+
     async def commit(self, next_offsets: dict[Partition, int]) -> None: ...
 
     async def rewind(self, partitions: Iterable[Partition]) -> None: ...
@@ -85,6 +90,37 @@ class Counters:
             self.by_status[outcome.status] = self.by_status.get(outcome.status, 0) + 1
 
 
+class _MinuteSummary:
+    """One info line a minute: throughput, outcomes and lag, for a glance at the logs."""
+
+    PERIOD_S = 60.0
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._by_status: dict[str, int] = {}
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        for outcome in outcomes:
+            self._by_status[outcome.status] = self._by_status.get(outcome.status, 0) + 1
+
+    def maybe_log(self, metrics: WorkerMetrics) -> None:
+        elapsed = time.monotonic() - self._started
+        if elapsed < self.PERIOD_S:
+            return
+        records = sum(self._by_status.values())
+        now_ms = int(time.time() * 1000)
+        log.info(
+            "worker_progress",
+            records=records,
+            per_second=round(records / elapsed, 1),
+            offset_lag=sum(p.offset_lag() or 0 for p in metrics.partitions.values()),
+            time_lag_s=max((p.time_lag_s(now_ms) for p in metrics.partitions.values()), default=0),
+            **self._by_status,
+        )
+        self._started = time.monotonic()
+        self._by_status = {}
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -94,10 +130,14 @@ def _instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=4096)
+def _record_instant(timestamp_ms: int) -> str:
+    """A record timestamp as RFC 3339; cached, as a batch's records share few milliseconds."""
+    return _instant(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
+
+
 def source_of(record: InputRecord) -> Source:
-    timestamp = None
-    if record.timestamp_ms >= 0:
-        timestamp = _instant(datetime.fromtimestamp(record.timestamp_ms / 1000, UTC))
+    timestamp = _record_instant(record.timestamp_ms) if record.timestamp_ms >= 0 else None
     return Source(
         topic=record.topic, partition=record.partition, offset=record.offset, timestamp=timestamp
     )
@@ -130,13 +170,17 @@ class Pipeline:
         store: StorePort,
         consumer: ConsumerPort,
         producer: ProducerPort,
+        *,
         clock: Callable[[], datetime] = utc_now,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._consumer = consumer
         self._producer = producer
         self._clock = clock
+        self.metrics = metrics or WorkerMetrics()
+        self._summary = _MinuteSummary()
         self._in_flight: asyncio.Task[None] | None = None
         self.counters = Counters()
 
@@ -153,8 +197,10 @@ class Pipeline:
                 ),
                 stop,
             )
+            self._summary.maybe_log(self.metrics)
             if not records:
                 continue
+            self._note_fetched(records)
             task = asyncio.create_task(self._process(records))
             self._in_flight = task
             try:
@@ -196,6 +242,7 @@ class Pipeline:
         """Rebalance: let the batch in flight finish and commit before the
         partitions move; if it cannot within the grace, abandon it so the new
         owner re-processes it (its commit is then never attempted)."""
+        self.metrics.forget(partitions)
         task = self._in_flight
         if task is None or task.done():
             return
@@ -218,6 +265,7 @@ class Pipeline:
                 attempt += 1
                 if stop is not None and stop.is_set():
                     raise
+                self.metrics.retries.labels(what).inc()
                 log.warning(
                     "dependency_unavailable",
                     action=what,
@@ -225,17 +273,22 @@ class Pipeline:
                     error=str(exc),
                     retry_in_s=round(delay, 2),
                 )
+                started = time.monotonic()
                 await _sleep_unless_stopped(delay * random.uniform(0.8, 1.2), stop)  # noqa: S311
+                self.metrics.waiting.labels(what).inc(time.monotonic() - started)
                 delay = min(delay * 2, self._settings.retry_max_backoff_s)
 
     # --- one batch -----------------------------------------------------------
 
     async def _process(self, records: list[InputRecord]) -> None:
+        started = time.monotonic()
         outcomes, outgoing = await self.decide(records)
         await self._publish(outgoing)
-        await self.retrying("commit", lambda: self._consumer.commit(next_offsets(records)))
-        self.counters.batches += 1
-        self.counters.add(outcomes)
+        acknowledged_ms = time.time() * 1000
+        offsets = next_offsets(records)
+        await self.retrying("commit", lambda: self._consumer.commit(offsets))
+        self._note_committed(offsets)
+        self._observe_batch(records, outcomes, acknowledged_ms, time.monotonic() - started)
         log.debug(
             "batch_done",
             records=len(records),
@@ -257,6 +310,9 @@ class Pipeline:
             await self._store_resolved(valid)
         now = _instant(self._clock())
         outcomes = [self._outcome(v, now) for v in verdicts]
+        for verdict, outcome in zip(verdicts, outcomes, strict=True):
+            if outcome.status == "rejected":
+                _log_rejection(verdict, outcome)
         outgoing = [self._outcome_record(v, o) for v, o in zip(verdicts, outcomes, strict=True)]
         outgoing += [self._dead_letter(v, now) for v in verdicts if _refusal_of(v)]
         return outcomes, outgoing
@@ -268,7 +324,10 @@ class Pipeline:
             if isinstance(v.checked, ValidEvent)
         ]
         keys = ReferenceKeys.for_events(events)
-        snapshot = await self.retrying("fetch_reference", lambda: self._store.fetch_reference(keys))
+        with self.metrics.db_round_trip.labels("fetch_reference").time():
+            snapshot = await self.retrying(
+                "fetch_reference", lambda: self._store.fetch_reference(keys)
+            )
         for verdict in valid:
             checked = verdict.checked
             assert isinstance(checked, ValidEvent)
@@ -288,7 +347,8 @@ class Pipeline:
                 first_rows.setdefault(verdict.row.external_reference, verdict.row)
         if not first_rows:
             return
-        stored = await self._store_isolating(list(first_rows.values()))
+        with self.metrics.db_round_trip.labels("store_usages").time():
+            stored = await self._store_isolating(list(first_rows.values()))
         for verdict in valid:
             if verdict.row is None:
                 continue
@@ -342,6 +402,43 @@ class Pipeline:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.retry_max_backoff_s)
+
+    # --- what operators see ------------------------------------------------------
+
+    def _note_fetched(self, records: list[InputRecord]) -> None:
+        """The first record fetched of a partition is its oldest unprocessed one."""
+        for record in records:
+            progress = self.metrics.progress((record.topic, record.partition))
+            if progress.oldest_unprocessed_ms is None and record.timestamp_ms >= 0:
+                progress.oldest_unprocessed_ms = record.timestamp_ms
+
+    def _note_committed(self, offsets: dict[Partition, int]) -> None:
+        for partition, offset in offsets.items():
+            progress = self.metrics.progress(partition)
+            progress.committed = offset
+            progress.high_watermark = self._consumer.highwater(partition)
+            # The next batch's first record is the oldest unprocessed one now.
+            progress.oldest_unprocessed_ms = None
+
+    def _observe_batch(
+        self,
+        records: list[InputRecord],
+        outcomes: list[Outcome],
+        acknowledged_ms: float,
+        seconds: float,
+    ) -> None:
+        metrics = self.metrics
+        metrics.batch_size.observe(len(records))
+        metrics.batch_duration.observe(seconds)
+        for record in records:
+            if record.timestamp_ms >= 0:
+                metrics.end_to_end.observe(max(acknowledged_ms - record.timestamp_ms, 0) / 1000)
+        for outcome in outcomes:
+            code = outcome.errors[0].code.value if outcome.errors else ""
+            metrics.events.labels(outcome.status, code).inc()
+        self.counters.batches += 1
+        self.counters.add(outcomes)
+        self._summary.add(outcomes)
 
     # --- messages ------------------------------------------------------------
 
@@ -415,6 +512,19 @@ class Pipeline:
         )
         headers = kept + tuple((k, v.encode()) for k, v in ours)
         return OutputRecord(self._settings.topic_dlq, record.key, record.value, headers)
+
+
+def _log_rejection(verdict: _Verdict, outcome: Outcome) -> None:
+    """Record-level line: where the record is and why it was refused, never its content."""
+    record = verdict.record
+    log.debug(
+        "record_rejected",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        external_reference=verdict.reference,
+        codes=[e.code.value for e in outcome.errors],
+    )
 
 
 def _refusal_of(verdict: _Verdict) -> tuple[OutcomeError, ...]:

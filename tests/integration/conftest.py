@@ -148,6 +148,7 @@ def make_settings(kafka_bootstrap: str, database_url: str | None, **overrides: A
         "retry_initial_backoff_s": 0.05,
         "retry_max_backoff_s": 0.5,
         "shutdown_grace_s": 5.0,
+        "metrics_port": 0,  # tests that read metrics ask for a free port
     }
     values.update(overrides)
     return Settings(**values)

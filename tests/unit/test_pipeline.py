@@ -114,6 +114,9 @@ class FakeConsumer:
     async def rewind(self, partitions: Iterable[Partition]) -> None:
         self.events.append("rewind")
 
+    def highwater(self, partition: Partition) -> int | None:
+        return None
+
 
 class FakeProducer:
     def __init__(self, consumer: FakeConsumer, fail_first: int = 0) -> None:

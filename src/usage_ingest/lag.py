@@ -1,0 +1,143 @@
+"""The consumer lag report of `usage-ingest lag`: offset lag and time lag per
+partition, totals per topic, the group's state, and the alert thresholds.
+
+Pure: builds and renders the report from positions the Kafka adapter read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.table import Table
+
+from usage_ingest.kafka import GroupDescription, PartitionPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int | None
+    log_end: int
+    offset_lag: int
+    time_lag_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLag:
+    topic: str
+    offset_lag: int
+    time_lag_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LagReport:
+    group_id: str
+    state: str
+    members: tuple[str, ...]
+    partitions: tuple[PartitionLag, ...]
+
+    @property
+    def topics(self) -> tuple[TopicLag, ...]:
+        totals: dict[str, TopicLag] = {}
+        for p in self.partitions:
+            seen = totals.get(p.topic, TopicLag(p.topic, 0, 0.0))
+            totals[p.topic] = TopicLag(
+                p.topic, seen.offset_lag + p.offset_lag, max(seen.time_lag_s, p.time_lag_s)
+            )
+        return tuple(totals.values())
+
+    @property
+    def offset_lag(self) -> int:
+        return sum(p.offset_lag for p in self.partitions)
+
+    @property
+    def time_lag_s(self) -> float:
+        return max((p.time_lag_s for p in self.partitions), default=0.0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "groupId": self.group_id,
+            "state": self.state,
+            "members": list(self.members),
+            "offsetLag": self.offset_lag,
+            "timeLagSeconds": self.time_lag_s,
+            "topics": [_camel(asdict(t)) for t in self.topics],
+            "partitions": [_camel(asdict(p)) for p in self.partitions],
+        }
+
+
+def _camel(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON keys in the platform's camelCase; `_s` suffixes spelled out as Seconds."""
+    renamed = {}
+    for key, value in row.items():
+        head, *rest = key.removesuffix("_s").split("_")
+        name = head + "".join(part.title() for part in rest)
+        renamed[name + ("Seconds" if key.endswith("_s") else "")] = value
+    return renamed
+
+
+def partition_lag(position: PartitionPosition, now_ms: int) -> PartitionLag:
+    """Offset lag counts from the committed offset, or from the log start when the
+    group never committed (it will start at the earliest record). Time lag is the age
+    of the oldest unprocessed record, 0 when caught up."""
+    start = position.committed if position.committed is not None else position.log_start
+    offset_lag = max(position.log_end - start, 0)
+    time_lag = 0.0
+    if offset_lag and position.oldest_unprocessed_ms is not None:
+        time_lag = max(now_ms - position.oldest_unprocessed_ms, 0) / 1000
+    return PartitionLag(
+        position.topic,
+        position.partition,
+        position.committed,
+        position.log_end,
+        offset_lag,
+        time_lag,
+    )
+
+
+def build_report(
+    group: GroupDescription, positions: list[PartitionPosition], now_ms: int
+) -> LagReport:
+    return LagReport(
+        group.group_id,
+        group.state,
+        group.members,
+        tuple(partition_lag(p, now_ms) for p in positions),
+    )
+
+
+def breaches(report: LagReport, max_lag: int | None, max_time_lag: float | None) -> list[str]:
+    """The thresholds the report exceeds, each as one sentence."""
+    found = []
+    if max_lag is not None and report.offset_lag > max_lag:
+        found.append(f"offset lag {report.offset_lag} exceeds {max_lag}")
+    if max_time_lag is not None and report.time_lag_s > max_time_lag:
+        found.append(f"time lag {report.time_lag_s:.1f} s exceeds {max_time_lag:g} s")
+    return found
+
+
+def render(report: LagReport) -> Table:
+    members = ", ".join(report.members) or "none"
+    table = Table(
+        title=f"group {report.group_id}: {report.state}, members: {members}",
+        title_justify="left",
+    )
+    for column in ("topic", "partition", "committed", "log end", "offset lag", "time lag (s)"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for p in report.partitions:
+        committed = "-" if p.committed is None else str(p.committed)
+        table.add_row(
+            p.topic,
+            str(p.partition),
+            committed,
+            str(p.log_end),
+            str(p.offset_lag),
+            f"{p.time_lag_s:.1f}",
+        )
+    for t in report.topics:
+        table.add_row(
+            t.topic, "total", "", "", str(t.offset_lag), f"{t.time_lag_s:.1f}", style="bold"
+        )
+    return table
