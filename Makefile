@@ -20,7 +20,7 @@ run: $(STAMP)  ## start the embedded broker and Postgres and run the worker on t
 	$(BIN)/usage-ingest dev
 
 test: $(STAMP)  ## the whole suite: lint, types, unit and integration tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 
@@ -30,12 +30,22 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
 
+chaos: $(STAMP)  ## crash, outage, rebalance and hostile-input scenarios; prints the figure table
+	$(BIN)/pytest tests/chaos
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# Not part of `make test`: a full run takes about 10 minutes (README, "Performance").
+# Options pass through, e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--events 50000".
+BENCH_ARGS ?=
+
+bench: $(STAMP)  ## the performance benchmark: writes bench-results.json
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
