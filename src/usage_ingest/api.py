@@ -92,6 +92,7 @@ from usage_ingest.models import (
     UsageEvent,
     UsageProperty,
     format_utc,
+    storable_text,
 )
 from usage_ingest.reference_data import (
     ContractIn,
@@ -396,17 +397,6 @@ INVENTORY_FIELDS: tuple[str, ...] = tuple(
 )
 
 
-def _storable_text(value: str) -> str:
-    """Text Postgres can store: no NUL characters, no unpaired surrogates."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no unpaired surrogates)") from None
-    return value
-
-
 def _storable_json(value: Any) -> Any:
     """A JSON value Postgres' jsonb can store, nested at most MAX_JSON_DEPTH deep."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -415,20 +405,20 @@ def _storable_json(value: Any) -> Any:
         if depth > MAX_JSON_DEPTH:
             raise ValueError(f"is nested more than {MAX_JSON_DEPTH} levels deep")
         if isinstance(item, str):
-            _storable_text(item)
+            storable_text(item)
         elif isinstance(item, float) and not math.isfinite(item):
             raise ValueError("numbers must be finite")
         elif isinstance(item, dict):
             for key, member in item.items():
-                _storable_text(key)
+                storable_text(key)
                 stack.append((member, depth + 1))
         elif isinstance(item, list):
             stack.extend((member, depth + 1) for member in item)
     return value
 
 
-StorableText = Annotated[str, Strict(), AfterValidator(_storable_text)]
-StorableLine = Annotated[SingleLine, Strict(), AfterValidator(_storable_text)]
+StorableText = Annotated[str, Strict(), AfterValidator(storable_text)]
+StorableLine = Annotated[SingleLine, Strict(), AfterValidator(storable_text)]
 Int32 = Annotated[int, Strict(), Field(ge=-(2**31), le=2**31 - 1)]
 
 
@@ -441,7 +431,7 @@ class ProductItemInput(BaseModel):
         str,
         Strict(),
         Field(min_length=1, max_length=256, pattern=r"^\S+$"),
-        AfterValidator(_storable_text),
+        AfterValidator(storable_text),
     ]
     name: StorableLine | None = None
     description: StorableLine | None = None

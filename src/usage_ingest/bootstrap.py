@@ -6,11 +6,14 @@ Tests call the same functions with their own broker and database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from usage_ingest.errors import ConfigurationError, DependencyUnavailable
-from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.kafka import EventConsumer, OutputProducer, refuse_bad_security
 from usage_ingest.metrics import (
     ReadinessCheck,
     WorkerMetrics,
@@ -61,6 +64,27 @@ async def _database_answers(store: Store) -> bool:
     return True
 
 
+async def _start(start: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Start a client, unless `stop` is set first. Joining the group can take as long as
+    the broker holds the join (up to the rebalance timeout, minutes by default); a worker
+    told to stop meanwhile has no batch to finish and stops now (the caller closes the
+    client either way)."""
+    if stop.is_set():
+        return
+    starting = asyncio.ensure_future(start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    starting.result()  # its exception, if it failed
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
     """Run the worker until `stop` is set: the shutdown flow of SPEC.md §6.
 
@@ -88,10 +112,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
     metrics.up.set(1)
     try:
         operations = await _serve_operations(settings, metrics, readiness)
-        for client in (producer, consumer):
-            await pipeline.retrying(f"start {type(client).__name__}", client.start, stop)
+
+        async def start_producer() -> None:
+            # A broker that refuses us for good (an untrusted certificate, refused SASL
+            # credentials) stops the worker with one clear line, not endless retries.
+            await refuse_bad_security(settings)
+            await producer.start()
+
+        for name, start in (("OutputProducer", start_producer), ("EventConsumer", consumer.start)):
+            await pipeline.retrying(f"start {name}", functools.partial(_start, start, stop), stop)
         log.info(
-            "worker_started",
+            "stopped_while_starting" if stop.is_set() else "worker_started",
             topic=settings.topic_events,
             group_id=settings.group_id,
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -101,6 +132,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
         if not stop.is_set():
             raise
         log.warning("stopped_while_dependency_unavailable")
+    except ConfigurationError:
+        # A wrong setting (e.g. refused Kafka credentials): the command line reports it
+        # in one line; a traceback in the log would only bury it.
+        raise
     except Exception:
         log.exception("worker_failed")
         raise

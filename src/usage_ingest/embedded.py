@@ -236,8 +236,20 @@ def _tansu_binary() -> str:
 class EmbeddedBroker:
     """The `tansu` Kafka-compatible broker with in-memory storage, on 127.0.0.1."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        *,
+        advertised_port: int | None = None,
+        authentication: bool = False,
+    ) -> None:
         self.port = port or free_port()
+        # The port clients are told to use in metadata, when something (a proxy in a
+        # fault test) listens there in front of the broker; the broker's own by default.
+        self.advertised_port = advertised_port or self.port
+        # Require SASL (tansu's --authentication: SCRAM against users in its storage).
+        self.authentication = authentication
         self._log_path = log_path
         self._owns_log = False
         self._proc: subprocess.Popen[bytes] | None = None
@@ -267,8 +279,11 @@ class EmbeddedBroker:
         binary = _tansu_binary()
         _require_free(self.port, what)
         url = f"tcp://{LOCALHOST}:{self.port}"
-        args = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        advertised = f"tcp://{LOCALHOST}:{self.advertised_port}"
+        args = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         args += ["--storage-engine", "memory://tansu/"]
+        if self.authentication:
+            args.append("--authentication")
         self._proc = _spawn(args, self.log_path)
         ready = functools.partial(_accepts_tcp, self.port)
         _wait_until(ready, self._proc, timeout_s=timeout_s, what=what, log_path=self.log_path)

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     CommitFailedError,
+    IllegalSaslStateError,
     KafkaError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata
 
-from usage_ingest.errors import BrokerUnavailable, UsageIngestError
-from usage_ingest.settings import SecurityProtocol, Settings
+from usage_ingest.errors import BrokerUnavailable, ConfigurationError, UsageIngestError
+from usage_ingest.settings import ENV_PREFIX, SecurityProtocol, Settings
 
 Partition = tuple[str, int]
 Header = tuple[str, bytes]
@@ -73,6 +78,63 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+# How long the access check below waits for one broker before leaving it to the retries.
+_ACCESS_CHECK_TIMEOUT_S = 10.0
+_SASL_REFUSALS = (SaslAuthenticationFailed, UnsupportedSaslMechanismError, IllegalSaslStateError)
+
+
+async def refuse_bad_security(settings: Settings) -> None:
+    """Raise ConfigurationError when a broker refuses this client for good: its TLS
+    certificate is not trusted, or it refuses the SASL credentials or mechanism.
+
+    aiokafka reports either while bootstrapping only as "Unable to bootstrap" (it logs
+    the cause and tries the next server), and SCRAM answered with an error even as a
+    bare KeyError; the worker would retry that forever, or stop with a traceback. So
+    one connection is opened the way aiokafka opens it, before the clients start. A
+    broker that cannot be reached (or answers nothing in time) is left to the normal
+    retries. Never names the password.
+    """
+    if settings.kafka_security_protocol is SecurityProtocol.PLAINTEXT:
+        return
+    options = connection_options(settings)
+    security = {k: v for k, v in options.items() if k != "bootstrap_servers"}
+    uses_sasl = settings.kafka_sasl_mechanism is not None
+    for server in settings.kafka_bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), client_id="usage-ingest", **security),
+                _ACCESS_CHECK_TIMEOUT_S,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise ConfigurationError(
+                f"the broker at {server.strip()} presented a TLS certificate that is not "
+                f"trusted ({exc.verify_message}): set {ENV_PREFIX}KAFKA_SSL_CAFILE to the CA "
+                "that signed it"
+            ) from None
+        except _SASL_REFUSALS as exc:
+            raise _sasl_refused(settings, server, type(exc).__name__) from None
+        except (KeyError, ValueError) as exc:
+            # aiokafka's SCRAM client fails like this on an error answer ("e=...") or
+            # a wrong server signature; without SASL these are not ours to explain.
+            if not uses_sasl:
+                raise
+            raise _sasl_refused(settings, server, f"{type(exc).__name__} {exc}") from None
+        except (OSError, TimeoutError, KafkaError):
+            continue
+        conn.close()
+        return
+
+
+def _sasl_refused(settings: Settings, server: str, detail: str) -> ConfigurationError:
+    mechanism = settings.kafka_sasl_mechanism
+    return ConfigurationError(
+        f"the broker at {server.strip()} refused SASL {mechanism} authentication as "
+        f"{settings.kafka_sasl_username!r} ({detail}): check {ENV_PREFIX}KAFKA_SASL_MECHANISM, "
+        f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD"
+    )
+
+
 RevokeCallback = Callable[[set[Partition]], Awaitable[None]]
 
 
@@ -87,8 +149,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         """Nothing to do: fetching starts from the committed offsets."""
 
 
-# Once a batch has records, how long to wait for more before processing it.
-_FETCH_LINGER_MS = 10
+# Once a batch has its first records, it takes more only for this long: a backlog
+# fills it in a few milliseconds, and a steady trickle adds at most this latency.
+_FETCH_FILL_MS = 20
 
 
 class EventConsumer:
@@ -108,6 +171,7 @@ class EventConsumer:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_records=settings.batch_max_records,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 10, 100),
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
@@ -135,13 +199,14 @@ class EventConsumer:
         deadline = loop.time() + timeout_ms / 1000
         records: list[InputRecord] = []
         while len(records) < max_records:
-            remaining_ms = int((deadline - loop.time()) * 1000)
-            wait_ms = remaining_ms if not records else min(remaining_ms, _FETCH_LINGER_MS)
+            wait_ms = int((deadline - loop.time()) * 1000)
             if wait_ms < 0:
                 break
             batch = await self._get(max_records - len(records), wait_ms)
             if not batch:
                 break
+            if not records:
+                deadline = min(deadline, loop.time() + _FETCH_FILL_MS / 1000)
             records.extend(batch)
         return records
 
@@ -603,9 +668,7 @@ class ReplayReader:
             return records
         try:
             batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-            records = [
-                r for r in _input_records(batches) if r.offset < self._ends[r.partition]
-            ]
+            records = [r for r in _input_records(batches) if r.offset < self._ends[r.partition]]
             await self._pause_finished()
         except KafkaError as exc:
             raise BrokerUnavailable(f"fetch from {self.topic!r} failed: {exc}") from exc

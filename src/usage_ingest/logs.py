@@ -7,6 +7,7 @@ payload contents are never logged at info level or above.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import TextIO
@@ -46,9 +47,22 @@ def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None =
     logging.basicConfig(
         level=logging.WARNING,
         stream=out,
-        format='{"event": "library_log", "logger": "%(name)s", "level": "%(levelname)s", '
-        '"message": "%(message)s"}'
-        if as_json
-        else "%(levelname)s %(name)s: %(message)s",
+        format="%(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    if as_json:
+        # Their messages quote addresses and errors: written through json.dumps, so
+        # every line stays one valid JSON object.
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_LibraryJson())
+
+
+class _LibraryJson(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "event": "library_log",
+            "logger": record.name,
+            "level": record.levelname,
+            "message": record.getMessage(),
+        }
+        return json.dumps(line)

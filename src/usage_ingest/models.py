@@ -33,7 +33,7 @@ QUANTITY_MAX_INTEGER_DIGITS = 18
 QUANTITY_MAX_FRACTION_DIGITS = 12
 
 
-def _storable(value: str) -> str:
+def storable_text(value: str) -> str:
     """Refuse text that Postgres cannot store: NUL characters and lone surrogates."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
@@ -52,13 +52,13 @@ def _country(value: str) -> str:
 
 # Strict JSON strings of bounded length that Postgres can store.
 Text100NonEmpty = Annotated[
-    str, Strict(), Field(min_length=1, max_length=100), AfterValidator(_storable)
+    str, Strict(), Field(min_length=1, max_length=100), AfterValidator(storable_text)
 ]
-Text255 = Annotated[str, Strict(), Field(max_length=255), AfterValidator(_storable)]
+Text255 = Annotated[str, Strict(), Field(max_length=255), AfterValidator(storable_text)]
 Text255NonEmpty = Annotated[
-    str, Strict(), Field(min_length=1, max_length=255), AfterValidator(_storable)
+    str, Strict(), Field(min_length=1, max_length=255), AfterValidator(storable_text)
 ]
-Text1000 = Annotated[str, Strict(), Field(max_length=1000), AfterValidator(_storable)]
+Text1000 = Annotated[str, Strict(), Field(max_length=1000), AfterValidator(storable_text)]
 
 
 Ident = Annotated[str, Strict(), Field(pattern=IDENT_PATTERN)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,23 @@ class LogFormat(StrEnum):
     AUTO = "auto"  # console on a terminal, JSON lines otherwise
     JSON = "json"
     CONSOLE = "console"
+
+
+def _parses_as_url(url: str) -> bool:
+    """Whether `url` reads as postgresql://[user[:password]@]host[:port][,...][/db][?options]:
+    a password character that was not percent-encoded ends the host part early, so a
+    port is not a number, or leaves an @ of the credentials in the path or query."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(",") if hosts else ():
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if port and not port.isdigit():
+            return False
+    return not parts.fragment and "@" not in parts.path + parts.query
 
 
 class Settings(BaseSettings):
@@ -76,6 +94,12 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: str | None = Field(default=None, description="Client key (mTLS).")
     kafka_session_timeout_ms: int = Field(
         default=10_000, ge=1000, description="Consumer group session timeout."
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=60_000,
+        description="Longest time the broker may hold a fetch waiting for data.",
     )
     kafka_max_poll_interval_ms: int = Field(
         default=300_000,
@@ -152,6 +176,13 @@ class Settings(BaseSettings):
             ("postgres://", "postgresql://")
         ):
             raise ValueError("must start with postgresql://")
+        if value is not None and not _parses_as_url(value.get_secret_value()):
+            # Checked here because the driver's own parse error quotes the part of the
+            # URL it choked on, which for an unescaped / # ? in a password is the password.
+            raise ValueError(
+                "is not a valid URL (a password with / # ? @ : must be percent-encoded, "
+                "e.g. / as %2F)"
+            )
         return value
 
     @field_validator("log_level")

@@ -219,8 +219,7 @@ _CONDITIONS: Final[dict[FilterOp, str]] = {
     FilterOp.LIKE: "strpos(lower({column}), lower(${n}::text)) > 0",
 }
 _ON_PRODUCT_REFERENCES = (
-    "EXISTS (SELECT 1 FROM usage_product_references r"
-    " WHERE r.inventory_id = i.id AND {condition})"
+    "EXISTS (SELECT 1 FROM usage_product_references r WHERE r.inventory_id = i.id AND {condition})"
 )
 # Sortable fields (the API's names) and their columns in `list_inventory_ids`.
 INVENTORY_SORT_COLUMNS: Final[dict[str, str]] = {
@@ -490,9 +489,7 @@ class Store:
             rows = await conn.fetch(QUERIES["fetch_inventories"], [inventory_id])
             if not rows:
                 return None
-            changed = change(json.loads(rows[0]["record"])).model_copy(
-                update={"id": inventory_id}
-            )
+            changed = change(json.loads(rows[0]["record"])).model_copy(update={"id": inventory_id})
             await _write_inventory(conn, changed, inventory_id)
             return await _inventory_json(conn, inventory_id)
 

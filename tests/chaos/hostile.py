@@ -1,0 +1,294 @@
+"""Hypothesis strategies for malformed and adversarial usage events (scenario 5).
+
+Each strategy yields the raw bytes of an input record value: not only wrong JSON,
+but JSON that is wrong in every way a careless or hostile producer could manage:
+invalid UTF-8, nesting deep enough to exhaust a recursive parser, numbers and
+strings far beyond any limit, NaN and Infinity, duplicate keys, NUL characters
+and lone surrogates, text that looks like SQL or a template, references that look
+right but are made of confusable Unicode, and a wrong type at every field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+T = TypeVar("T")
+
+FIELDS = (
+    "externalReference",
+    "contractId",
+    "debtorId",
+    "productIdent",
+    "description",
+    "startDate",
+    "endDate",
+    "operatingSite",
+    "taxLocation",
+    "performanceLocation",
+    "serviceCountry",
+    "unitQuantities",
+    "properties",
+)
+NESTED_FIELDS = (
+    ("taxLocation", "country"),
+    ("taxLocation", "postalCode"),
+    ("performanceLocation", "city"),
+    ("unitQuantities", 0, "unit"),
+    ("unitQuantities", 0, "quantity"),
+    ("properties", 0, "name"),
+    ("properties", 0, "value"),
+)
+SQL_LIKE = (
+    "'; DROP TABLE usages; --",
+    "x' OR '1'='1",
+    "1; DELETE FROM usages",
+    "$1",
+    "'||pg_sleep(10)||'",
+    "E'\\\\x27'",
+    "%s%s%s%n",
+    "{0}{1}",
+    "${jndi:ldap://example.invalid/a}",
+    "../../../../etc/passwd",
+    "<script>alert(1)</script>",
+    "\\u0000",
+    "COPY usages TO PROGRAM 'id'",
+)
+# Look like a valid reference or product ident to a human; none is ASCII.
+CONFUSABLE = (
+    "dеmo.usage",  # Cyrillic e  # noqa: RUF001
+    "demo.usаge",  # Cyrillic a  # noqa: RUF001
+    "ref\u20101",  # hyphen, not hyphen-minus
+    "ref\u200b1",  # zero-width space
+    "ref\u200d1",  # zero-width joiner
+    "ＲＥＦ１",  # fullwidth  # noqa: RUF001
+    "ref\u202e1",  # right-to-left override
+    "ref\u00a01",  # no-break space
+    "ref1\u0301",  # combining acute accent
+    "re\ufb011",  # ligature fi
+    "ref\u22121",  # minus sign
+    "İref",
+    "ref\u0000",
+    "ref\ud8001",  # lone surrogate
+)
+
+
+class Raw(str):
+    """JSON text inserted verbatim (a number literal no JSON library would write)."""
+
+    __slots__ = ()
+
+
+class Pairs(list[tuple[str, Any]]):
+    """An object written with its keys in this order, repeats included."""
+
+
+def render(value: Any, ascii_only: bool = True) -> str:
+    """JSON text of `value`: Raw verbatim, Pairs with duplicate keys, NaN/Infinity as
+    bare words. With `ascii_only`, lone surrogates become \\u escapes (valid JSON
+    syntax, invalid Unicode); without, raw characters (invalid UTF-8 once encoded)."""
+
+    def text(item: Any) -> str:
+        return json.dumps(item, ensure_ascii=ascii_only)
+
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, Pairs):
+        return "{" + ",".join(f"{text(k)}:{render(v, ascii_only)}" for k, v in value) + "}"
+    if isinstance(value, dict):
+        items = value.items()
+        return "{" + ",".join(f"{text(k)}:{render(v, ascii_only)}" for k, v in items) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(render(v, ascii_only) for v in value) + "]"
+    return text(value)
+
+
+def base_event(reference: str = "hostile-0") -> dict[str, Any]:
+    return {
+        "externalReference": reference,
+        "productIdent": "demo.usage",
+        "contractId": 1,
+        "startDate": "2026-03-01T10:00:00Z",
+        "endDate": "2026-03-01T10:05:00Z",
+        "description": "a call",
+        "taxLocation": {"country": "GB", "postalCode": "EC1A 1BB"},
+        "performanceLocation": {"country": "GB", "city": "London"},
+        "unitQuantities": [{"unit": "minute", "quantity": "5"}],
+        "properties": [{"name": "line", "value": "1"}],
+    }
+
+
+huge_numbers = st.sampled_from(
+    [
+        Raw("1" + "0" * 400),
+        Raw("-" + "9" * 40),
+        Raw("1e999999999"),
+        Raw("-1e-999999999"),
+        Raw("0." + "0" * 5000 + "1"),
+        Raw("123456789012345678901234567890.123456789012345678901234567890"),
+        Raw("9223372036854775808"),
+        Raw("-9223372036854775809"),
+        Raw("1E+308"),
+        Raw("-0"),
+        Raw("0e0"),
+    ]
+)
+numeric_strings = st.sampled_from(
+    ["NaN", "Infinity", "-Infinity", "1e999999", "-0", "0x10", "1_000", " 1", "1.", ".5", "٣"]
+)
+non_finite = st.sampled_from([float("nan"), float("inf"), float("-inf")])
+huge_strings = st.builds(
+    lambda char, n: char * n,
+    st.sampled_from(["x", "é", "\U0001f600", "'"]),
+    st.integers(101, 70_000),
+)
+nasty_text = st.one_of(
+    st.sampled_from(SQL_LIKE),
+    st.sampled_from(CONFUSABLE),
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=40),
+    st.text(max_size=20).map(lambda t: t + "\x00" + t),
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    non_finite,
+    huge_numbers,
+    numeric_strings,
+    nasty_text,
+    huge_strings,
+)
+hostile_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+def _put(event: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
+    target: Any = event
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return event
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+@st.composite
+def wrong_field(draw: st.DrawFn) -> bytes:
+    """A plausible event with one field (top-level or nested) given a hostile value."""
+    path = draw(st.sampled_from([(f,) for f in FIELDS] + list(NESTED_FIELDS)))
+    event = _put(base_event(), path, draw(hostile_values))
+    return _utf8(render(event, ascii_only=draw(st.booleans())))
+
+
+@st.composite
+def unknown_fields(draw: st.DrawFn) -> bytes:
+    """A valid event carrying extra top-level fields with hostile values (they are
+    ignored and kept in the raw payload, SPEC.md §3): must still be stored."""
+    event = base_event()
+    extras = draw(st.dictionaries(st.text(min_size=1, max_size=10), hostile_values, max_size=3))
+    for key, value in extras.items():
+        event.setdefault(key, value)
+    return _utf8(render(event))
+
+
+@st.composite
+def duplicate_keys(draw: st.DrawFn) -> bytes:
+    event = base_event()
+    field = draw(st.sampled_from(FIELDS))
+    pairs = Pairs(event.items())
+    pairs.append((field, draw(st.one_of(st.just(event.get(field)), hostile_values))))
+    return _utf8(render(pairs))
+
+
+@st.composite
+def deep_nesting(draw: st.DrawFn) -> bytes:
+    depth = draw(st.integers(50, 30_000))
+    kind = draw(st.sampled_from(["list", "object", "inside"]))
+    if kind == "list":
+        return b"[" * depth + b"]" * depth
+    if kind == "object":
+        return b'{"a":' * depth + b"1" + b"}" * depth
+    nested = "[" * depth + "]" * depth
+    event = base_event()
+    event[draw(st.sampled_from(FIELDS))] = Raw(nested)
+    return _utf8(render(event))
+
+
+@st.composite
+def broken_utf8(draw: st.DrawFn) -> bytes:
+    """A valid event with invalid UTF-8 spliced in somewhere."""
+    good = render(base_event()).encode()
+    at = draw(st.integers(0, len(good)))
+    bad = draw(
+        st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\x80"])
+    )
+    return good[:at] + bad + good[at:]
+
+
+@st.composite
+def oversized(draw: st.DrawFn) -> bytes:
+    """Larger than max_message_bytes (65536 by default): a valid event padded out."""
+    event = base_event()
+    event["padding"] = "x" * draw(st.integers(65_537, 200_000))
+    return _utf8(render(event))
+
+
+hostile_records = st.one_of(
+    wrong_field(),
+    wrong_field(),
+    unknown_fields(),
+    duplicate_keys(),
+    deep_nesting(),
+    broken_utf8(),
+    oversized(),
+    st.binary(max_size=200),
+    st.text(max_size=100).map(_utf8),
+    st.builds(lambda v: _utf8(render(v)), hostile_values),
+)
+
+HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example]
+
+
+def draw_many(strategy: st.SearchStrategy[T], n: int) -> list[T]:
+    """`n` values of `strategy`, the same ones on every run (derandomized), without
+    shrinking: Hypothesis as a repeatable generator for the through-the-worker test."""
+    drawn: list[T] = []
+
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=HEALTH,
+    )
+    @given(strategy)
+    def collect(value: T) -> None:
+        drawn.append(value)
+
+    collect()
+    return drawn
+
+
+def hypothesis_settings(examples: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Repeatable property runs: derandomized, no example database, no deadline."""
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=HEALTH,
+    )

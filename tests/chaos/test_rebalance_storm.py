@@ -1,0 +1,155 @@
+"""Scenario 4, a rebalance storm, in the spirit of Karafka's rebalancing specs: three
+workers in one group are stopped (SIGTERM or SIGKILL) and started again every few
+seconds while a stream flows, so partitions keep moving between them, often with a
+batch in flight.
+
+Every tenth event is sent twice (same reference, same payload, another partition),
+so workers race to decide `created` versus `duplicate` for one reference across
+rebalances. At the end: exactly one row per reference, every record with an
+outcome, and no reference reported `created` from two different records. (A
+record re-delivered after a rebalance is reported again with the same outcome and
+`source`, as SPEC.md §6 allows: the checker requires repeats to agree.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from tests.chaos.conftest import Chaos
+from tests.chaos.harness import (
+    INPUT_PARTITIONS,
+    SEED,
+    Outgoing,
+    WorkerProcess,
+    check,
+    log_end,
+    produce,
+    record,
+    sequence,
+    unique,
+    wait_committed,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
+
+EVENTS = int(os.environ.get("CHAOS_EVENTS", "20000")) // 2
+KILLED = (-9, 137)
+
+
+def with_repeats(records: list[Outgoing]) -> list[Outgoing]:
+    """Every tenth event again, right after the next nine, on the next partition."""
+    out: list[Outgoing] = []
+    for start in range(0, len(records), 10):
+        part = records[start : start + 10]
+        out += part
+        again = part[0]
+        out.append(dataclasses.replace(again, partition=(again.partition + 1) % INPUT_PARTITIONS))
+    return out
+
+
+class Storm:
+    """Every second or so: start an idle worker, or stop a running one with SIGTERM
+    (graceful: finish the batch, commit, leave) or SIGKILL."""
+
+    def __init__(self, workers: list[WorkerProcess], rng: random.Random) -> None:
+        self.workers = workers
+        self.rng = rng
+        self.actions: list[str] = []
+        self.stopping: list[WorkerProcess] = []
+
+    async def reap(self) -> None:
+        """Collect the workers that finished stopping."""
+        for worker in list(self.stopping):
+            if not worker.running:
+                await self.stopped(worker, within_s=1)
+
+    async def stopped(self, worker: WorkerProcess, within_s: float) -> None:
+        """A SIGTERM'd worker exits 0, unless the signal came before it had even set up
+        its signal handlers (the interpreter still starting): then it ends like a kill."""
+        self.stopping.remove(worker)
+        code = await worker.wait_exit(within_s)
+        if code == -signal.SIGTERM and not worker.started_up():
+            self.actions.append(f"early-term {worker.name}")
+            return
+        assert code == 0, worker.output()[-3000:]
+
+    async def act(self) -> None:
+        running = [w for w in self.workers if w.running and w not in self.stopping]
+        idle = [w for w in self.workers if not w.running and w not in self.stopping]
+        if idle and (not running or self.rng.random() < 0.45):
+            worker = self.rng.choice(idle)
+            worker.start()
+            self.actions.append(f"start {worker.name}")
+        elif running:
+            worker = self.rng.choice(running)
+            if self.rng.random() < 0.3:
+                worker.kill()
+                self.actions.append(f"kill {worker.name}")
+            else:
+                worker.ask_to_stop()
+                self.stopping.append(worker)
+                self.actions.append(f"stop {worker.name}")
+
+
+async def test_rebalance_storm_keeps_one_row_and_one_created_per_reference(
+    chaos: Chaos,
+) -> None:
+    started = time.monotonic()
+    rng = random.Random(SEED)
+    url = await chaos.database()
+    # A worker killed or stopped while its JoinGroup is pending is waited for until the
+    # rebalance timeout (the max poll interval here, 5 minutes by default) before the
+    # group completes the rebalance without it: 10 s keeps the storm from stalling on it.
+    settings = await chaos.settings(
+        url,
+        batch_max_records=200,
+        kafka_session_timeout_ms=1000,
+        kafka_max_poll_interval_ms=10_000,
+    )
+    workers = [chaos.worker(settings, f"w{i}") for i in range(3)]
+    for worker in workers:
+        worker.start()
+    records = with_repeats(sequence(unique("storm"), 0, EVENTS))
+    streaming = asyncio.create_task(produce(settings, records, chunk=200, pause_s=0.25))
+    storm = Storm(workers, rng)
+    try:
+        while not streaming.done():
+            await asyncio.sleep(rng.uniform(0.6, 1.6))
+            await storm.reap()
+            await storm.act()
+    finally:
+        sent = await streaming
+    for worker in list(storm.stopping):
+        await storm.stopped(worker, within_s=30)
+    actions = storm.actions
+    for worker in workers:
+        if not worker.running:
+            worker.start()
+    healed = time.monotonic()
+    caught_up = await wait_committed(settings, log_end(sent), within_s=90)
+    for worker in workers:
+        assert await worker.terminate() == 0, worker.output()[-3000:]
+    verdict = await check(settings, url, sent)
+    slowest_stop = max(d for w in workers for d in w.stop_durations)
+    starts, stops, kills = (
+        sum(a.startswith(k) for a in actions) for k in ("start", "stop", "kill")
+    )
+    record(
+        "4 rebalance storm (3 workers)",
+        verdict,
+        recovery_s=caught_up - healed,
+        faults=f"{stops} SIGTERM, {kills} SIGKILL, {starts} restarts in "
+        f"{healed - started:.0f} s (slowest graceful stop {slowest_stop:.1f} s); "
+        f"{len(sent) - EVENTS} events sent twice",
+        started=started,
+    )
+    assert verdict.clean, verdict
+    assert verdict.stored == EVENTS
+    assert kills + stops >= 5, actions
