@@ -81,8 +81,11 @@ def free_port() -> int:
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-spawn")
 
 
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the child die with this process, on Linux; None elsewhere."""
+def parent_death_hook(
+    sig: signal.Signals = signal.SIGKILL,
+) -> Callable[[], None] | None:
+    """A `preexec_fn` that sends the child `sig` when this process dies, on Linux; None
+    elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
     libc = ctypes.CDLL(None, use_errno=True)
@@ -90,7 +93,7 @@ def _parent_death_hook() -> Callable[[], None] | None:
 
     def hook() -> None:
         # Runs in the child after the switch to another user, which would clear the setting.
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig))
         if os.getppid() != parent:  # the parent died before the setting took effect
             os._exit(1)
 
@@ -106,7 +109,7 @@ def _spawn(
     args: list[str], log_path: Path, *, run_as: str | None = None, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a long-running server whose output goes to `log_path`."""
-    hook = _parent_death_hook()
+    hook = parent_death_hook()
 
     def popen() -> subprocess.Popen[bytes]:
         with log_path.open("ab") as log:

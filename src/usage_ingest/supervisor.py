@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import json
 import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -42,6 +41,7 @@ import structlog
 from pydantic import SecretStr
 from pydantic_core import to_jsonable_python
 
+from usage_ingest.embedded import parent_death_hook
 from usage_ingest.errors import ConfigurationError, UsageIngestError
 from usage_ingest.settings import ENV_PREFIX, MAX_PORT, Settings
 
@@ -58,7 +58,6 @@ __all__ = [
     "worker_command",
 ]
 
-_PR_SET_PDEATHSIG: Final = 1
 # How long after a child's own shutdown grace the supervisor waits before killing it.
 DRAIN_MARGIN_S: Final = 15.0
 
@@ -152,21 +151,6 @@ def _describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A `preexec_fn` that sends the child SIGTERM when this process dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-        if os.getppid() != parent:  # the parent died before the setting took effect
-            os._exit(1)
-
-    return hook
 
 
 @dataclass
@@ -361,7 +345,7 @@ class Supervisor:
 
     async def _start(self, child: _Child) -> asyncio.subprocess.Process:
         env = child_environment(self.settings, child.index)
-        hook = _parent_death_hook()
+        hook = parent_death_hook(signal.SIGTERM)
         process = await asyncio.create_subprocess_exec(
             *self.command,
             stdin=asyncio.subprocess.DEVNULL,
