@@ -399,9 +399,16 @@ class WorkerProcess:
     def started_up(self) -> bool:
         """Whether the current (or last) run got as far as installing its signal handlers:
         a SIGTERM before that ends the interpreter the default way (exit -15)."""
+        return self._last_run_logged("operations_server_started")
+
+    def joined(self) -> bool:
+        """Whether the current (or last) run joined its group and got its partitions."""
+        return self._last_run_logged("worker_started")
+
+    def _last_run_logged(self, event: str) -> bool:
         if not self._logs or not self._logs[-1].exists():
             return False
-        return b'"operations_server_started"' in self._logs[-1].read_bytes()
+        return f'"{event}"'.encode() in self._logs[-1].read_bytes()
 
     def output(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self._logs if p.exists())

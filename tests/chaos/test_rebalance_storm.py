@@ -81,14 +81,16 @@ class Storm:
         assert code == 0, worker.output()[-3000:]
 
     async def act(self) -> None:
+        # Only workers that completed their first join are stopped: see the module notes.
         running = [w for w in self.workers if w.running and w not in self.stopping]
+        joined = [w for w in running if w.joined()]
         idle = [w for w in self.workers if not w.running and w not in self.stopping]
         if idle and (not running or self.rng.random() < 0.45):
             worker = self.rng.choice(idle)
             worker.start()
             self.actions.append(f"start {worker.name}")
-        elif running:
-            worker = self.rng.choice(running)
+        elif joined:
+            worker = self.rng.choice(joined)
             if self.rng.random() < 0.3:
                 worker.kill()
                 self.actions.append(f"kill {worker.name}")
