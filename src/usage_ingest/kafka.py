@@ -256,6 +256,10 @@ class EventConsumer:
                 committed = await self._consumer.committed(tp)
             except KafkaError as exc:
                 raise BrokerUnavailable(f"cannot read committed offset: {exc}") from exc
+            if tp not in self._consumer.assignment():
+                # A rebalance took it while we asked (seeking it now would raise): the
+                # new owner starts from the committed offset anyway.
+                continue
             if committed is None:
                 await self._consumer.seek_to_beginning(tp)
             else:
@@ -272,7 +276,10 @@ class EventConsumer:
         return True
 
     def highwater(self, partition: Partition) -> int | None:
-        value: int | None = self._consumer.highwater(TopicPartition(*partition))
+        tp = TopicPartition(*partition)
+        if tp not in self._consumer.assignment():
+            return None  # revoked by a rebalance meanwhile; aiokafka would assert it is ours
+        value: int | None = self._consumer.highwater(tp)
         return value
 
 

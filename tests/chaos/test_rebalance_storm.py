@@ -9,6 +9,15 @@ rebalances. At the end: exactly one row per reference, every record with an
 outcome, and no reference reported `created` from two different records. (A
 record re-delivered after a rebalance is reported again with the same outcome and
 `source`, as SPEC.md §6 allows: the checker requires repeats to agree.)
+
+Only workers that completed their first join are stopped or killed. The embedded
+broker (tansu 0.6.0) can wedge a group for good when members leave while a join is
+still pending: it keeps naming a departed member as the leader of every later
+generation, so no member ever computes the assignment, and members that never
+completed a join never expire. (Seen with this test's own seed; Apache Kafka elects
+a new leader.) A SIGTERM during a join is tested on its own, in test_broker_trouble.
+This storm found two crashes of the worker (a rebalance between a commit and the
+next step: `highwater` and `rewind` on a partition no longer assigned).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from tests.chaos.harness import (
     Outgoing,
     WorkerProcess,
     check,
+    eventually,
     log_end,
     produce,
     record,
@@ -40,7 +50,8 @@ from tests.chaos.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "20000")) // 2
-KILLED = (-9, 137)
+# Stops (SIGTERM) and kills (SIGKILL) the storm makes at least.
+DISRUPTIONS = 6
 
 
 def with_repeats(records: list[Outgoing]) -> list[Outgoing]:
@@ -63,6 +74,9 @@ class Storm:
         self.rng = rng
         self.actions: list[str] = []
         self.stopping: list[WorkerProcess] = []
+
+    def disruptions(self) -> int:
+        return sum(a.startswith(("stop", "kill")) for a in self.actions)
 
     async def reap(self) -> None:
         """Collect the workers that finished stopping."""
@@ -106,23 +120,18 @@ async def test_rebalance_storm_keeps_one_row_and_one_created_per_reference(
     started = time.monotonic()
     rng = random.Random(SEED)
     url = await chaos.database()
-    # A worker killed or stopped while its JoinGroup is pending is waited for until the
-    # rebalance timeout (the max poll interval here, 5 minutes by default) before the
-    # group completes the rebalance without it: 10 s keeps the storm from stalling on it.
-    settings = await chaos.settings(
-        url,
-        batch_max_records=200,
-        kafka_session_timeout_ms=1000,
-        kafka_max_poll_interval_ms=10_000,
-    )
+    settings = await chaos.settings(url, batch_max_records=200, kafka_session_timeout_ms=1000)
     workers = [chaos.worker(settings, f"w{i}") for i in range(3)]
     for worker in workers:
         worker.start()
     records = with_repeats(sequence(unique("storm"), 0, EVENTS))
     streaming = asyncio.create_task(produce(settings, records, chunk=200, pause_s=0.25))
     storm = Storm(workers, rng)
+    deadline = time.monotonic() + 90
     try:
-        while not streaming.done():
+        # Through the whole stream, and on (with its backlog) until enough stops happened.
+        while not streaming.done() or storm.disruptions() < DISRUPTIONS:
+            assert time.monotonic() < deadline, storm.actions
             await asyncio.sleep(rng.uniform(0.6, 1.6))
             await storm.reap()
             await storm.act()
@@ -136,6 +145,8 @@ async def test_rebalance_storm_keeps_one_row_and_one_created_per_reference(
             worker.start()
     healed = time.monotonic()
     caught_up = await wait_committed(settings, log_end(sent), within_s=90)
+    # Every worker back in the group before the last, graceful stop of all three.
+    await eventually(lambda: all(w.joined() for w in workers), 60, "all three workers joined")
     for worker in workers:
         assert await worker.terminate() == 0, worker.output()[-3000:]
     verdict = await check(settings, url, sent)
@@ -154,4 +165,3 @@ async def test_rebalance_storm_keeps_one_row_and_one_created_per_reference(
     )
     assert verdict.clean, verdict
     assert verdict.stored == EVENTS
-    assert kills + stops >= 5, actions
