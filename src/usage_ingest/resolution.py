@@ -58,31 +58,50 @@ def _active(start: date, end: date | None, day: date) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class ReferenceKeys:
-    """What a batch needs from the reference data: the store fetches just that."""
+    """What a batch needs from the reference data: the store fetches just that.
 
-    product_references: frozenset[str]
-    contract_ids: frozenset[int]
-    debtor_ids: frozenset[int]
+    Products are named in pairs with what addresses the usage (its contract, or else its
+    debtor), so that only the inventory records of those pairs are fetched, not those
+    of every product of the batch on every site it touches.
+    """
+
+    contract_products: frozenset[tuple[int, str]]
+    debtor_products: frozenset[tuple[int, str]]
     operating_sites: frozenset[str]
     first_day: date
     last_day: date
 
+    @property
+    def product_references(self) -> frozenset[str]:
+        return frozenset(p for _, p in self.contract_products) | frozenset(
+            p for _, p in self.debtor_products
+        )
+
+    @property
+    def contract_ids(self) -> frozenset[int]:
+        return frozenset(c for c, _ in self.contract_products)
+
+    @property
+    def debtor_ids(self) -> frozenset[int]:
+        return frozenset(d for d, _ in self.debtor_products)
+
     @classmethod
     def for_events(cls, events: Iterable[tuple[UsageEvent, date]]) -> ReferenceKeys:
-        products, contracts, debtors, sites, days = set(), set(), set(), set(), set()
+        by_contract: set[tuple[int, str]] = set()
+        by_debtor: set[tuple[int, str]] = set()
+        sites: set[str] = set()
+        days: set[date] = set()
         for event, day in events:
-            products.add(event.product_ident)
             days.add(day)
             if event.contract_id is not None:
-                contracts.add(event.contract_id)
-            elif event.debtor_id is not None:
-                debtors.add(event.debtor_id)
+                by_contract.add((event.contract_id, event.product_ident))
+            elif event.debtor_id is not None:  # the debtor counts only without a contract (§3)
+                by_debtor.add((event.debtor_id, event.product_ident))
             if event.operating_site is not None:
                 sites.add(event.operating_site)
         return cls(
-            frozenset(products),
-            frozenset(contracts),
-            frozenset(debtors),
+            frozenset(by_contract),
+            frozenset(by_debtor),
             frozenset(sites),
             min(days, default=date.min),
             max(days, default=date.min),

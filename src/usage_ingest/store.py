@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import asyncpg
 
@@ -52,6 +52,8 @@ MIGRATION_LOCK_KEY = 0x75736167
 # serialization failure and deadlock (40), insufficient resources (53), operator
 # intervention such as statement timeout or shutdown (57), system error (58).
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+T = TypeVar("T")
 
 
 def load_queries(path: Path) -> dict[str, str]:
@@ -344,12 +346,14 @@ class Store:
 
     async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot:
         """The reference data a batch needs (§4), in one round trip."""
+        by_contract, by_debtor = sorted(keys.contract_products), sorted(keys.debtor_products)
         async with _translated_errors("fetch reference data"):
             row = await self._pool.fetchrow(
                 QUERIES["fetch_reference"],
-                list(keys.product_references),
-                list(keys.contract_ids),
-                list(keys.debtor_ids),
+                [contract for contract, _ in by_contract],
+                [product for _, product in by_contract],
+                [debtor for debtor, _ in by_debtor],
+                [product for _, product in by_debtor],
                 list(keys.operating_sites),
                 keys.first_day,
                 keys.last_day,
@@ -357,9 +361,18 @@ class Store:
         assert row is not None
         return ReferenceSnapshot.build(
             operating_sites=row["operating_sites"],
-            products=(ProductItem(**p) for p in json.loads(row["products"])),
-            contracts=(_contract(c) for c in json.loads(row["contracts"])),
-            inventories=(_inventory(i) for i in json.loads(row["inventories"])),
+            products=_from_columns(
+                ProductItem, row, "product_", ("ids", "references", "types", "statuses")
+            ),
+            contracts=_from_columns(
+                Contract, row, "contract_", ("ids", "debtors", "sites", "starts", "ends")
+            ),
+            inventories=_from_columns(
+                Inventory,
+                row,
+                "inventory_",
+                ("ids", "sites", "products", "starts", "ends", "billable"),
+            ),
         )
 
     async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
@@ -758,30 +771,10 @@ def _stored(record: asyncpg.Record, rows: dict[str, UsageRow]) -> StoredUsage:
     )
 
 
-# asyncpg stores date.max and date.min as Postgres' infinity; jsonb spells them out.
-_INFINITE_DAYS = {"infinity": date.max, "-infinity": date.min}
-
-
-def _day(value: str | None) -> date | None:
-    if value is None:
-        return None
-    return _INFINITE_DAYS.get(value) or date.fromisoformat(value)
-
-
-def _contract(data: dict[str, Any]) -> Contract:
-    start = _day(data["start_date"])
-    assert start is not None
-    return Contract(data["id"], data["debtor_id"], data["site_id"], start, _day(data["end_date"]))
-
-
-def _inventory(data: dict[str, Any]) -> Inventory:
-    start = _day(data["start_date"])
-    assert start is not None
-    return Inventory(
-        data["id"],
-        data["site_id"],
-        data["usage_product_id"],
-        start,
-        _day(data["end_date"]),
-        data["billable"],
-    )
+def _from_columns(
+    make: Callable[..., T], row: asyncpg.Record, prefix: str, names: Sequence[str]
+) -> Iterator[T]:
+    """Objects from parallel array columns (`array_agg` of no rows is NULL). asyncpg
+    decodes Postgres' infinite dates as date.max and date.min."""
+    columns = [row[prefix + name] or () for name in names]
+    return (make(*values) for values in zip(*columns, strict=True))

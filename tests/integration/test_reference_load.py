@@ -531,8 +531,7 @@ async def test_extreme_dates_round_trip_to_resolution(database_url: str) -> None
         )
         snapshot = await store.fetch_reference(
             ReferenceKeys(
-                frozenset({"p"}),
-                frozenset({1}),
+                frozenset({(1, "p")}),
                 frozenset(),
                 frozenset(),
                 date(2026, 1, 1),
@@ -544,3 +543,66 @@ async def test_extreme_dates_round_trip_to_resolution(database_url: str) -> None
     assert snapshot.contracts_by_id[1].end_date == date.max
     assert snapshot.contracts_by_id[1].start_date == date.min
     assert snapshot.inventories_by_site_product[(1, 1)][0].end_date == date.max
+
+
+def _inventory_record(record_id: int, site: int, product: int, start: str) -> dict[str, Any]:
+    return {
+        "id": record_id,
+        "siteId": site,
+        "usageProductId": product,
+        "startDate": start,
+        "productReferences": [{"productReference": f"n{record_id}"}],
+    }
+
+
+async def test_fetch_reference_takes_only_the_inventories_of_named_pairs(
+    database_url: str,
+) -> None:
+    """Contract 1 (site 1) is named with product a, debtor 9 (contracts 2 and 3, sites 2
+    and 3) with product b: the inventories of those sites for those products come back,
+    the other product's records on the same sites do not, nor do records that ended
+    before the batch's first day."""
+    store = await Store.open(database_url)
+    try:
+        await store.load_reference(
+            ReferenceFile.model_validate(
+                {
+                    "productItems": [
+                        {"id": 1, "reference": "a", "type": "USAGE_BASED"},
+                        {"id": 2, "reference": "b", "type": "USAGE_BASED"},
+                    ],
+                    "contracts": [
+                        {"id": 1, "debtorId": 8, "siteId": 1, "startDate": "2020-01-01"},
+                        {"id": 2, "debtorId": 9, "siteId": 2, "startDate": "2020-01-01"},
+                        {"id": 3, "debtorId": 9, "siteId": 3, "startDate": "2020-01-01"},
+                    ],
+                    "usageProductInventories": [
+                        _inventory_record(10, 1, 1, "2020-01-01"),
+                        _inventory_record(11, 1, 2, "2020-01-01"),
+                        _inventory_record(20, 2, 2, "2020-01-01"),
+                        _inventory_record(21, 2, 1, "2020-01-01"),
+                        _inventory_record(30, 3, 2, "2020-01-01"),
+                        {**_inventory_record(31, 3, 2, "2019-01-01"), "endDate": "2019-12-31"},
+                        _inventory_record(32, 3, 2, "2027-01-01"),
+                    ],
+                }
+            )
+        )
+        snapshot = await store.fetch_reference(
+            ReferenceKeys(
+                frozenset({(1, "a")}),
+                frozenset({(9, "b")}),
+                frozenset(),
+                date(2026, 1, 1),
+                date(2026, 6, 30),
+            )
+        )
+    finally:
+        await store.close()
+    fetched = {
+        key: [r.id for r in records]
+        for key, records in snapshot.inventories_by_site_product.items()
+    }
+    assert fetched == {(1, 1): [10], (2, 2): [20], (3, 2): [30]}
+    assert sorted(snapshot.contracts_by_id) == [1, 2, 3]
+    assert sorted(snapshot.products_by_reference) == ["a", "b"]

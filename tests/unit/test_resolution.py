@@ -459,6 +459,9 @@ def test_reference_keys_for_events() -> None:
         (by_debtor(5), date(2026, 11, 21)),
     ]
     keys = ReferenceKeys.for_events(events)
+    # Products go with what addresses them: inventories are fetched for these pairs only.
+    assert keys.contract_products == {(7, "voice.uk"), (8, "voice.uk")}
+    assert keys.debtor_products == {(4, "sms.uk"), (5, "voice.uk")}
     assert keys.product_references == {"voice.uk", "sms.uk"}
     assert keys.contract_ids == {7, 8}
     # debtorId of an event with a contractId is ignored (§3): debtor 3 is not fetched.
