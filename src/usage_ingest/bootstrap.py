@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -127,6 +128,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
             group_id=settings.group_id,
             bootstrap_servers=settings.kafka_bootstrap_servers,
         )
+        # What exists now (modules, clients, settings) lives as long as the worker: out of
+        # the collector's sight, its collections scan only what the batches make.
+        gc.freeze()
         await pipeline.run(stop)
     except DependencyUnavailable:
         if not stop.is_set():

@@ -37,6 +37,8 @@ def storable_text(value: str) -> str:
     """Refuse text that Postgres cannot store: NUL characters and lone surrogates."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if value.isascii():  # the common case, and no surrogate is ASCII
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -85,8 +87,10 @@ def _parse_date_time(value: object) -> datetime:
 
 
 def format_utc(value: datetime) -> str:
-    """The one text form of instants this service writes: RFC 3339, UTC, microseconds."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The one text form of instants this service writes: RFC 3339, UTC, microseconds.
+
+    (Not strftime: its %Y does not pad years before 1000 to four digits.)"""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 UtcDateTime = Annotated[

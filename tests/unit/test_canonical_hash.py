@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usage_ingest.validation import ValidEvent, canonical_payload, validate_record
+from usage_ingest.validation import ValidEvent, canonical_payload, canonical_text, validate_record
 
 MAX_BYTES = 65536
 ABSENT = object()
@@ -382,3 +382,43 @@ def test_respelling_dates_and_quantities_keeps_the_hash(
 ) -> None:
     original = valid(json.dumps(obj).encode())
     assert valid(json.dumps(respelled(obj, offset)).encode()).payload_hash == original.payload_hash
+
+
+@settings(database=None, max_examples=300)
+@given(obj=valid_events())
+def test_canonical_text_is_byte_for_byte_what_json_dumps_writes(obj: dict[str, Any]) -> None:
+    """The fast serialiser must write exactly the text of the reference definition: every
+    stored hash was computed from it."""
+    event = valid(json.dumps(obj).encode()).event
+    expected = json.dumps(
+        canonical_payload(event), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert canonical_text(event) == expected.encode("utf-8")
+
+
+# --- stability: stored hashes must match re-deliveries after any upgrade -------------------
+
+TRICKY_TEXT = 'café ☃ "q" \\ \n\t\x01\x7f\u2028 𝄞'
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (BASE, "f99a1fa1b198f516b29a2cdb2ac54c3e09c3134867ea4888fb046a53250e00f9"),
+        (
+            event(
+                description=TRICKY_TEXT,
+                serviceCountry="gb",
+                startDate="2026-01-01T00:00:00+02:00",
+                endDate="2026-11-22T10:05:00.123456Z",
+                debtorId=4,
+                contractId=ABSENT,
+                operatingSite="GB-LON",
+                properties=[{"name": TRICKY_TEXT, "value": "x"}],
+            ),
+            "d30aa9054193df518d08ae8d6f280506b0b5238b8f16f125a1d36b1df7a031cd",
+        ),
+    ],
+)
+def test_the_hash_of_a_known_event_never_changes(raw: dict[str, Any], expected: str) -> None:
+    assert hash_of(raw) == expected

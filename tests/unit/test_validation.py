@@ -7,14 +7,14 @@ passes and the first that is refused.
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from usage_ingest.errors import ErrorCode, WarningCode
-from usage_ingest.models import Location
+from usage_ingest.models import Location, format_utc
 from usage_ingest.validation import InvalidEvent, ValidEvent, validate_record
 
 MAX_BYTES = 65536
@@ -812,3 +812,19 @@ def test_readable_external_reference_is_echoed(obj: dict[str, Any], expected: st
 def test_usage_date_is_the_utc_date_of_start_date() -> None:
     result = accepted(event(startDate="2026-11-22T23:30:00-02:00", endDate="2026-11-23T02:00:00Z"))
     assert result.usage_date == date(2026, 11, 23)
+
+
+@pytest.mark.parametrize(
+    ("instant", "text"),
+    [
+        (datetime(2026, 11, 22, 10, 0, tzinfo=UTC), "2026-11-22T10:00:00.000000Z"),
+        (
+            datetime(2026, 11, 22, 11, 0, 0, 5, tzinfo=timezone(timedelta(hours=1))),
+            "2026-11-22T10:00:00.000005Z",
+        ),
+        # Four-digit years before 1000 too, as RFC 3339 requires.
+        (datetime(998, 12, 31, 22, 0, tzinfo=UTC), "0998-12-31T22:00:00.000000Z"),
+    ],
+)
+def test_instants_are_written_in_one_rfc3339_form(instant: datetime, text: str) -> None:
+    assert format_utc(instant) == text
