@@ -13,6 +13,13 @@ record whose usage was stored from this very source record is reported
 `created` again, so the outcome of a record does not depend on how often it
 was delivered. Dependency failures are retried with capped exponential
 backoff and never turn into rejections.
+
+Two batches overlap: while one waits for the broker to acknowledge its outcomes
+and its offsets (steps 3 and 4), the next is validated, resolved and stored
+(steps 1 and 2). Batches are still stored in order (the next is decided only
+once the one before it is) and delivered in order (a batch publishes only after
+the one before it committed; if that one did not, neither does this one, and
+both are fetched again).
 """
 
 from __future__ import annotations
@@ -161,6 +168,31 @@ class _Verdict:
         return self.checked.external_reference
 
 
+class BatchAbandoned(Exception):
+    """The batch will not commit: its records are fetched again."""
+
+
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """One batch on its way: `decided` once its usages are stored (or it failed)."""
+
+    records: list[InputRecord]
+    task: asyncio.Task[None] = field(init=False)
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: bool = False
+
+
+async def _first_of(*waits: asyncio.Task[None] | asyncio.Event) -> None:
+    """Wait until the first of these tasks is done or of these events is set."""
+    watchers = [asyncio.ensure_future(w.wait()) for w in waits if isinstance(w, asyncio.Event)]
+    tasks = [w for w in waits if not isinstance(w, asyncio.Event)]
+    try:
+        await asyncio.wait({*tasks, *watchers}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+
+
 class Pipeline:
     """Consumes the input topic until told to stop."""
 
@@ -181,41 +213,77 @@ class Pipeline:
         self._clock = clock
         self.metrics = metrics or WorkerMetrics()
         self._summary = _MinuteSummary()
-        self._in_flight: asyncio.Task[None] | None = None
+        self._in_flight: list[_Batch] = []
+        self._grace_ends: float | None = None  # set once stopping
         self.counters = Counters()
 
     # --- the loop ----------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and process batches until `stop` is set; then finish or abandon the last."""
+        """Fetch and process batches until `stop` is set; then finish or abandon those
+        in flight. At most two are: one being delivered, the next being decided."""
         settings = self._settings
-        while not stop.is_set():
-            records = await self.retrying(
-                "fetch",
-                lambda: self._consumer.fetch(
-                    settings.batch_max_records, settings.batch_max_wait_ms
-                ),
-                stop,
-            )
-            self._summary.maybe_log(self.metrics)
-            if not records:
-                continue
-            self._note_fetched(records)
-            task = asyncio.create_task(self._process(records))
-            self._in_flight = task
-            try:
-                await self._finish(task, stop)
-            except asyncio.CancelledError:
-                # The worker itself is cancelled: the batch goes with it, uncommitted.
-                task.cancel()
-                await asyncio.wait({task})
-                raise
-            finally:
-                self._in_flight = None
-            if task.cancelled() or isinstance(task.exception(), CommitRefused):
-                await self._abandoned(records, stop)
-            elif (failure := task.exception()) is not None:
-                raise failure
+        try:
+            while not stop.is_set():
+                records = await self.retrying(
+                    "fetch",
+                    lambda: self._consumer.fetch(
+                        settings.batch_max_records, settings.batch_max_wait_ms
+                    ),
+                    stop,
+                )
+                self._summary.maybe_log(self.metrics)
+                if await self._settle_done(stop) and records:
+                    # A batch was abandoned after these were fetched: its partitions went
+                    # back to their committed offsets, so these go back too, or a later
+                    # commit would pass over the abandoned records.
+                    await self._abandoned(records, stop)
+                    continue
+                if not records:
+                    continue
+                self._note_fetched(records)
+                previous = self._in_flight[-1] if self._in_flight else None
+                batch = _Batch(records)
+                batch.task = asyncio.create_task(self._process(batch, previous))
+                self._in_flight.append(batch)
+                await _first_of(batch.decided, batch.task, stop)
+                # This one is stored: let the one before it finish delivering.
+                while len(self._in_flight) > 1 and not stop.is_set():
+                    await self._settle(self._in_flight[0], stop)
+        except BaseException:
+            # The worker itself is cancelled, or a batch failed: the batches in flight
+            # go with it, uncommitted.
+            for batch in self._in_flight:
+                batch.task.cancel()
+            if self._in_flight:
+                await asyncio.wait({b.task for b in self._in_flight})
+            raise
+        while self._in_flight:
+            await self._settle(self._in_flight[0], stop)
+
+    async def _settle_done(self, stop: asyncio.Event) -> bool:
+        """Take the results of the batches that finished, oldest first; whether one of
+        them was abandoned."""
+        abandoned = False
+        while self._in_flight and self._in_flight[0].task.done():
+            abandoned |= await self._settle(self._in_flight[0], stop)
+        return abandoned
+
+    async def _settle(self, batch: _Batch, stop: asyncio.Event) -> bool:
+        """Wait for the oldest batch (on stop, for the shutdown grace), then take its result:
+        done, abandoned (fetched again from the committed offsets: returns True), or a
+        failure (raised)."""
+        task = batch.task
+        try:
+            await self._finish(task, stop)
+        finally:
+            self._in_flight.remove(batch)
+        if task.cancelled() or isinstance(task.exception(), CommitRefused | BatchAbandoned):
+            await self._abandoned(batch.records, stop)
+            return True
+        if (failure := task.exception()) is not None:
+            raise failure
+        return False
 
     async def _abandoned(self, records: list[InputRecord], stop: asyncio.Event) -> None:
         """The batch did not commit: fetch its records again from the committed
@@ -226,31 +294,30 @@ class Pipeline:
             await self.retrying("rewind", lambda: self._consumer.rewind(partitions), stop)
 
     async def _finish(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
-        """Wait for the batch; on stop give it the shutdown grace, then abandon it."""
-        stopping = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
+        """Wait for the batch; on stop give it what is left of the shutdown grace (one
+        grace for all the batches in flight), then abandon it."""
+        await _first_of(task, stop)
         if not task.done():
-            await asyncio.wait({task}, timeout=self._settings.shutdown_grace_s)
+            if self._grace_ends is None:
+                self._grace_ends = time.monotonic() + self._settings.shutdown_grace_s
+            await asyncio.wait({task}, timeout=max(self._grace_ends - time.monotonic(), 0))
         if not task.done():
             task.cancel()
             await asyncio.wait({task})
 
     async def on_partitions_revoked(self, partitions: set[Partition]) -> None:
-        """Rebalance: let the batch in flight finish and commit before the
-        partitions move; if it cannot within the grace, abandon it so the new
-        owner re-processes it (its commit is then never attempted)."""
+        """Rebalance: let the batches in flight finish and commit before the
+        partitions move; those that cannot within the grace are abandoned, so the new
+        owner re-processes them (their commit is then never attempted)."""
         self.metrics.forget(partitions)
-        task = self._in_flight
-        if task is None or task.done():
+        tasks = {b.task for b in self._in_flight if not b.task.done()}
+        if not tasks:
             return
         log.info("rebalance_waiting_for_batch", partitions=sorted(partitions))
-        await asyncio.wait({task}, timeout=self._settings.shutdown_grace_s)
-        if not task.done():
+        await asyncio.wait(tasks, timeout=self._settings.shutdown_grace_s)
+        for task in tasks:
             task.cancel()
-            await asyncio.wait({task})
+        await asyncio.wait(tasks)
 
     async def retrying(
         self, what: str, action: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None
@@ -280,13 +347,24 @@ class Pipeline:
 
     # --- one batch -----------------------------------------------------------
 
-    async def _process(self, records: list[InputRecord]) -> None:
+    async def _process(self, batch: _Batch, previous: _Batch | None) -> None:
         started = time.monotonic()
-        outcomes, outgoing = await self.decide(records)
+        records = batch.records
+        try:
+            outcomes, outgoing = await self.decide(records)
+        finally:
+            batch.decided.set()
+        if previous is not None:
+            # Deliver in order: the offsets committed for this batch would cover the
+            # records of the one before it, in the same partitions.
+            await asyncio.wait({previous.task})
+            if not previous.committed:
+                raise BatchAbandoned("the batch before it did not commit")
         await self._publish(outgoing)
         acknowledged_ms = time.time() * 1000
         offsets = next_offsets(records)
         await self.retrying("commit", lambda: self._consumer.commit(offsets))
+        batch.committed = True
         self._note_committed(offsets)
         self._observe_batch(records, outcomes, acknowledged_ms, time.monotonic() - started)
         log.debug(

@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     retry_initial_backoff_s: float = Field(default=0.2, gt=0, description="First retry delay.")
     retry_max_backoff_s: float = Field(default=30.0, gt=0, description="Longest retry delay.")
     shutdown_grace_s: float = Field(
-        default=30.0, ge=0, description="How long SIGTERM waits for the batch in flight."
+        default=30.0, ge=0, description="How long SIGTERM waits for the batches in flight."
     )
 
     # --- The HTTP API (usage-ingest api) -----------------------------------

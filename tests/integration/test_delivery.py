@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
+from tests.integration.api_support import free_port
 from tests.integration.conftest import (
     DEMO_REFERENCE,
     INPUT_PARTITIONS,
@@ -190,6 +192,20 @@ async def wait_group_members(settings: Settings, members: int, within_s: float) 
         await eventually(stable, within_s, f"{members} workers in group {settings.group_id}")
     finally:
         await admin.close()
+
+
+async def wait_ready(metrics_port: int, within_s: float) -> None:
+    """Until the worker serving on this port answers /readyz with 200 (in its group)."""
+    async with httpx.AsyncClient() as client:
+
+        async def ready() -> bool:
+            try:
+                response = await client.get(f"http://127.0.0.1:{metrics_port}/readyz")
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
+
+        await eventually(ready, within_s, f"the worker on port {metrics_port} ready")
 
 
 # --- reading topics -----------------------------------------------------------
@@ -787,8 +803,15 @@ async def test_two_workers_in_one_group_store_each_reference_once(
         ]
         chunks += part + again
     async with tails_of(settings) as tails:
-        first, second = start_worker(settings), start_worker(settings)
+        ports = free_port(), free_port()
+        first, second = (
+            start_worker(settings.model_copy(update={"metrics_port": p})) for p in ports
+        )
         await wait_group_members(settings, 2, within_s=15)
+        # The broker may list a member whose join has not returned to it yet: wait until
+        # both say they are in the group, or one could stop before it took any record.
+        for port in ports:
+            await wait_ready(port, within_s=15)
         producing = asyncio.create_task(produce_to(settings, chunks, chunk=105, pause_s=0.05))
         try:
             conn = await asyncpg.connect(database_url)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from usage_ingest.errors import StoreRefusedData, StoreUnavailable
-from usage_ingest.kafka import InputRecord, OutputRecord, Partition
+from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
 from usage_ingest.pipeline import DEAD_LETTER_HEADERS, Pipeline, next_offsets
 from usage_ingest.resolution import (
     Contract,
@@ -99,6 +99,7 @@ class FakeConsumer:
         self.commits: list[dict[Partition, int]] = []
         self.events: list[str] = []
         self.on_drained: Callable[[], None] = lambda: None
+        self.refuse_commits = 0
 
     async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]:
         await asyncio.sleep(0)
@@ -108,6 +109,10 @@ class FakeConsumer:
         return []
 
     async def commit(self, next_offsets: dict[Partition, int]) -> None:
+        if self.refuse_commits:
+            self.refuse_commits -= 1
+            self.events.append("commit refused")
+            raise CommitRefused("the group rebalanced")
         self.events.append("commit")
         self.commits.append(next_offsets)
 
@@ -198,6 +203,72 @@ async def test_offsets_are_committed_after_every_outcome_is_acknowledged() -> No
     assert consumer.events[-2:] == [consumer.events[-2], "commit"]
     assert consumer.events[-2].startswith("published")
     assert len(out.on("usage.accepted")) == 2
+
+
+class GatedProducer(FakeProducer):
+    """Holds the first batch's acknowledgements until the test opens the gate."""
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        super().__init__(consumer)
+        self.gate = asyncio.Event()
+
+    async def publish(self, records: Sequence[OutputRecord]) -> list[OutputRecord]:
+        await self.gate.wait()
+        return await super().publish(records)
+
+
+async def test_the_next_batch_is_stored_while_the_one_before_awaits_its_acks() -> None:
+    store, consumer = FakeStore(), FakeConsumer([[record(event("a"), 0)], [record(event("b"), 1)]])
+    out = GatedProducer(consumer)
+    pipeline = Pipeline(settings(), store, consumer, out, clock=lambda: FIXED_NOW)
+    running = asyncio.create_task(run_until_drained(pipeline, consumer))
+    await until(lambda: store.calls == 2)
+    # Both batches are stored, none is acknowledged or committed yet.
+    assert (store.calls, out.sent, consumer.commits) == (2, [], [])
+    out.gate.set()
+    await running
+    # Delivered in order: each batch published, then committed, then the next one.
+    assert consumer.events == ["published 1", "commit", "published 1", "commit"]
+    assert consumer.commits == [{(TOPIC, 0): 1}, {(TOPIC, 0): 2}]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(100):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_batch_stored_after_one_that_did_not_commit_is_not_committed() -> None:
+    """Batch 2 is stored while batch 1 awaits its acks; then batch 1's commit is refused
+    (a rebalance). Batch 2 must not commit past batch 1's records: neither commits,
+    both go back to be fetched again."""
+    store, consumer = FakeStore(), FakeConsumer([[record(event("a"), 0)], [record(event("b"), 1)]])
+    out = GatedProducer(consumer)
+    pipeline = Pipeline(settings(), store, consumer, out, clock=lambda: FIXED_NOW)
+    consumer.refuse_commits = 1
+    running = asyncio.create_task(run_until_drained(pipeline, consumer))
+    await until(lambda: store.calls == 2)
+    out.gate.set()
+    await running
+    # (Batch 2 is abandoned as the test stops the worker: no rewind is needed then.)
+    assert consumer.commits == []
+    assert consumer.events == ["published 1", "commit refused", "rewind"]
+    assert [o["externalReference"] for o in out.on("usage.accepted")] == ["a"]
+
+
+async def test_records_fetched_before_an_abandoned_batch_rewound_go_back_too() -> None:
+    """Batch 2 was fetched before batch 1's refused commit rewound its partition: it is
+    dropped and rewound (fetched again), never committed past batch 1's records."""
+    pipeline, store, consumer, _ = make_pipeline(
+        [[record(event("a"), 0)], [record(event("b"), 1)]]
+    )
+    consumer.refuse_commits = 1
+    await run_until_drained(pipeline, consumer)
+    assert consumer.commits == []
+    assert consumer.events == ["published 1", "commit refused", "rewind", "rewind"]
+    assert store.calls == 1
 
 
 async def test_database_outage_is_retried_not_rejected() -> None:
