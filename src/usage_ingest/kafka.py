@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,8 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
 from usage_ingest.errors import BrokerUnavailable, ConfigurationError, UsageIngestError
@@ -152,6 +154,17 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 # Once a batch has its first records, it takes more only for this long: a backlog
 # fills it in a few milliseconds, and a steady trickle adds at most this latency.
 _FETCH_FILL_MS = 20
+
+# Record batches of outcomes and dead letters: 1000 outcomes fill about one per partition.
+_BATCH_BYTES = 256 * 1024
+_PARTITIONER = DefaultPartitioner()
+
+
+def _append(batch: BatchBuilder, record: OutputRecord) -> Any:
+    """Add the record to the batch; None when the batch is full."""
+    return batch.append(
+        timestamp=None, key=record.key, value=record.value, headers=list(record.headers)
+    )
 
 
 class EventConsumer:
@@ -295,6 +308,7 @@ class OutputProducer:
             # Kafka-compatible broker offers; repeats are harmless here (§6).
             enable_idempotence=False,
             linger_ms=5,
+            max_batch_size=_BATCH_BYTES,
             max_request_size=max(settings.max_message_bytes * 2, 1_048_576),
         )
 
@@ -312,26 +326,73 @@ class OutputProducer:
         """Send all records and wait for every acknowledgement.
 
         Returns the records that were not acknowledged (empty when all were), so
-        the caller can retry exactly those.
+        the caller can retry exactly those. The records go out as record batches
+        built here, one per partition (more if one would pass `_BATCH_BYTES`), each
+        with one acknowledgement to wait for rather than one per record.
         """
-        pending: list[tuple[OutputRecord, asyncio.Future[Any]]] = []
-        unsent: list[OutputRecord] = []
-        for record in records:
-            try:
-                future = await self._producer.send(
-                    record.topic, record.value, key=record.key, headers=list(record.headers)
-                )
-            except KafkaError:
-                unsent.append(record)
-                continue
-            pending.append((record, future))
-        results = await asyncio.gather(*(f for _, f in pending), return_exceptions=True)
+        by_partition, unsent = await self._by_partition(records)
+        pending: list[tuple[list[OutputRecord], asyncio.Future[Any]]] = []
+        for (topic, partition), group in by_partition.items():
+            for chunk, batch in self._record_batches(group):
+                batch.close()  # nothing but this chunk goes into it
+                try:
+                    future = await self._producer.send_batch(batch, topic, partition=partition)
+                except KafkaError:
+                    unsent.extend(chunk)
+                    continue
+                pending.append((chunk, future))
+        if pending:
+            await asyncio.wait([future for _, future in pending])
         failed = [
-            r
-            for (r, _), res in zip(pending, results, strict=True)
-            if isinstance(res, BaseException)
+            record
+            for chunk, future in pending
+            if future.cancelled() or future.exception() is not None
+            for record in chunk
         ]
         return unsent + failed
+
+    async def _by_partition(
+        self, records: Sequence[OutputRecord]
+    ) -> tuple[dict[Partition, list[OutputRecord]], list[OutputRecord]]:
+        """Records by the partition Kafka's default partitioner gives their key (murmur2,
+        as the Java client; a random one without a key); those of topics whose
+        partitions cannot be learnt now come back apart."""
+        partitions: dict[str, list[int]] = {}
+        grouped: dict[Partition, list[OutputRecord]] = {}
+        unsent: list[OutputRecord] = []
+        for record in records:
+            if record.topic not in partitions:
+                try:
+                    partitions[record.topic] = sorted(
+                        await self._producer.partitions_for(record.topic)
+                    )
+                except KafkaError:
+                    partitions[record.topic] = []
+            known = partitions[record.topic]
+            if not known:
+                unsent.append(record)
+                continue
+            partition = _PARTITIONER(record.key, known, known)
+            grouped.setdefault((record.topic, partition), []).append(record)
+        return grouped, unsent
+
+    def _record_batches(
+        self, records: list[OutputRecord]
+    ) -> Iterator[tuple[list[OutputRecord], BatchBuilder]]:
+        """The records in as few batches as `_BATCH_BYTES` allows (a batch takes its
+        first record whatever its size)."""
+        batch = self._producer.create_batch()
+        chunk: list[OutputRecord] = []
+        for record in records:
+            if _append(batch, record) is None:
+                if chunk:
+                    yield chunk, batch
+                batch, chunk = self._producer.create_batch(), []
+                if _append(batch, record) is None:  # cannot happen: it is the first record
+                    raise RuntimeError("an empty record batch refused a record")
+            chunk.append(record)
+        if chunk:
+            yield chunk, batch
 
 
 async def ensure_topics(
