@@ -40,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# Not part of `make test`: a full run takes about 10 minutes (README, "Performance").
+# Not part of `make test`: a full run takes about 5 minutes (README, "Performance").
 # Options pass through, e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--events 50000".
 BENCH_ARGS ?=
 
