@@ -139,6 +139,11 @@ class WorkerMetrics:
             "Time spent backing off before retrying a dependency, by action.",
             ["action"], registry=r,
         )  # fmt: skip
+        self.decision_failures = Counter(
+            "usage_ingest_record_decision_failures",
+            "Records refused because deciding them raised an unexpected error (a defect).",
+            registry=r,
+        )
         self.up = Gauge("usage_ingest_worker_up", "1 while the worker runs.", registry=r)
         self.ready = Gauge(
             "usage_ingest_worker_ready",

@@ -69,14 +69,23 @@ CountryCode = Annotated[str, Strict(), AfterValidator(_country)]
 
 # RFC 3339 / ISO 8601 date-time: a date, a time, optional fraction and offset.
 _DATE_TIME = re.compile(
-    r"^\d{4}-?\d{2}-?\d{2}[Tt ]\d{2}(:?\d{2}(:?\d{2}([.,]\d+)?)?)?([Zz]|[+-]\d{2}(:?\d{2})?)?$"
+    r"^\d{4}-?\d{2}-?\d{2}[Tt ]\d{2}(:?\d{2}(:?\d{2}([.,]\d+)?)?)?"
+    r"([Zz]|[+-](?P<offset_hours>\d{2})(:?(?P<offset_minutes>\d{2}))?)?$"
 )
+_MAX_OFFSET_HOURS, _MAX_OFFSET_MINUTES = 23, 59
 
 
 def _parse_date_time(value: object) -> datetime:
     """ISO 8601 text to an aware UTC datetime; no offset means UTC (SPEC.md §3)."""
-    if not isinstance(value, str) or not _DATE_TIME.match(value):
+    match = _DATE_TIME.match(value) if isinstance(value, str) else None
+    if match is None or not isinstance(value, str):
         raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")
+    # datetime.fromisoformat does not range-check an offset: it reads +10:60 as +11:00,
+    # a different instant.
+    if int(match["offset_hours"] or 0) > _MAX_OFFSET_HOURS or (
+        int(match["offset_minutes"] or 0) > _MAX_OFFSET_MINUTES
+    ):
+        raise ValueError("has an impossible UTC offset: hours 00-23, minutes 00-59")
     try:
         parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z"
         if parsed.tzinfo is None:
@@ -99,6 +108,16 @@ UtcDateTime = Annotated[
     PlainSerializer(format_utc, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+
+
+class OutOfRangeNumber:
+    """A JSON number whose exponent no Decimal can hold; no field takes it as a value."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
 
 _NUMERIC_TEXT = re.compile(r"^[+-]?\d+(\.\d+)?([eE][+-]?\d+)?$")
 
@@ -124,6 +143,12 @@ def normalise_decimal(value: Decimal) -> Decimal:
 
 def _parse_quantity(value: object) -> Decimal:
     """A JSON number or numeric string to an exact, normalised Decimal (never a float)."""
+    # pydantic reports ValueError, not TypeError, as a validation error.
+    if isinstance(value, OutOfRangeNumber):
+        raise ValueError(  # noqa: TRY004
+            f"is out of range: at most {QUANTITY_MAX_INTEGER_DIGITS} digits before and "
+            f"{QUANTITY_MAX_FRACTION_DIGITS} after the point"
+        )
     # pydantic reports ValueError, not TypeError, as a validation error.
     if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
         raise ValueError("must be a number or a numeric string")  # noqa: TRY004

@@ -379,9 +379,7 @@ class Pipeline:
         self, records: Sequence[InputRecord]
     ) -> tuple[list[Outcome], list[OutputRecord]]:
         """Steps 1 and 2 of the protocol: every record's outcome, usages stored."""
-        verdicts = [
-            _Verdict(r, validate_record(r.value, self._settings.max_message_bytes)) for r in records
-        ]
+        verdicts = [_Verdict(r, self._validate(r)) for r in records]
         valid = [v for v in verdicts if isinstance(v.checked, ValidEvent)]
         if valid:
             await self._resolve(valid)
@@ -395,6 +393,30 @@ class Pipeline:
         outgoing += [self._dead_letter(v, now) for v in verdicts if _refusal_of(v)]
         return outcomes, outgoing
 
+    def _validate(self, record: InputRecord) -> ValidEvent | InvalidEvent:
+        try:
+            return validate_record(record.value, self._settings.max_message_bytes)
+        except Exception as exc:  # noqa: BLE001 - one record must never stop the worker
+            return InvalidEvent(None, (self._decision_failed(record, exc),))
+
+    def _decision_failed(self, record: InputRecord, exc: Exception) -> OutcomeError:
+        """A defect met while deciding one record (SPEC.md §6: a poison record never
+        blocks its partition): that record is refused and dead-lettered, the batch goes on."""
+        log.error(
+            "record_decision_failed",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=type(exc).__name__,
+            exc_info=exc,
+        )
+        self.metrics.decision_failures.inc()
+        return OutcomeError(
+            code=ErrorCode.MALFORMED_MESSAGE,
+            message=f"the record could not be decided ({type(exc).__name__}); "
+            "it is kept on the dead-letter topic",
+        )
+
     async def _resolve(self, valid: list[_Verdict]) -> None:
         events = [
             (v.checked.event, v.checked.usage_date)
@@ -407,14 +429,11 @@ class Pipeline:
                 "fetch_reference", lambda: self._store.fetch_reference(keys)
             )
         for verdict in valid:
-            checked = verdict.checked
-            assert isinstance(checked, ValidEvent)
-            result = resolve(checked.event, checked.usage_date, snapshot)
-            if isinstance(result, Resolution):
-                verdict.resolution = result
-                verdict.row = _usage_row(verdict.record, checked, result)
-            else:
-                verdict.refusal = (result,)
+            try:
+                _resolve_one(verdict, snapshot)
+            except Exception as exc:  # noqa: BLE001 - one record must never stop the worker
+                verdict.resolution, verdict.row = None, None
+                verdict.refusal = (self._decision_failed(verdict.record, exc),)
 
     async def _store_resolved(self, valid: list[_Verdict]) -> None:
         """Write the resolved usages; the first record of a reference in the batch
@@ -590,6 +609,17 @@ class Pipeline:
         )
         headers = kept + tuple((k, v.encode()) for k, v in ours)
         return OutputRecord(self._settings.topic_dlq, record.key, record.value, headers)
+
+
+def _resolve_one(verdict: _Verdict, snapshot: ReferenceSnapshot) -> None:
+    checked = verdict.checked
+    assert isinstance(checked, ValidEvent)
+    result = resolve(checked.event, checked.usage_date, snapshot)
+    if isinstance(result, Resolution):
+        verdict.resolution = result
+        verdict.row = _usage_row(verdict.record, checked, result)
+    else:
+        verdict.refusal = (result,)
 
 
 def _log_rejection(verdict: _Verdict, outcome: Outcome) -> None:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -21,6 +21,7 @@ from usage_ingest.models import (
     Location,
     OutcomeError,
     OutcomeWarning,
+    OutOfRangeNumber,
     UsageEvent,
     format_decimal,
 )
@@ -63,6 +64,16 @@ def _parse_int(text: str) -> int | Decimal:
     return int(text) if len(text) <= _MAX_INT_DIGITS else Decimal(text)
 
 
+def _parse_float(text: str) -> Decimal | OutOfRangeNumber:
+    """A JSON number with a fraction or an exponent, exactly. An exponent beyond what
+    Decimal can hold (`1e1000000000000000000`) is valid JSON: it is kept as its text,
+    which no field accepts and an unknown field ignores."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return OutOfRangeNumber(text)
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -75,7 +86,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(
-    parse_float=Decimal,
+    parse_float=_parse_float,
     parse_int=_parse_int,
     parse_constant=_reject_constant,
     object_pairs_hook=_unique_keys,

@@ -135,8 +135,54 @@ huge_numbers = st.sampled_from(
         Raw("1E+308"),
         Raw("-0"),
         Raw("0e0"),
+        Raw("0.4e006699999999999999999999999999999999999999"),
+        Raw("1e1000000000000000000"),
+        Raw("1e-1000000000000000000"),
+        Raw("7e0"),
     ]
 )
+# Exponents that reach past what Python's Decimal can hold (about 10^18) in both
+# directions, the ones in between, and the everyday ones.
+_exponents = st.one_of(
+    st.integers(-400, 400),
+    st.integers(-(10**40), 10**40),
+    st.sampled_from(["006699999999999999999999999999999999999999", "1000000000000000000"]),
+)
+
+
+@st.composite
+def json_numbers(draw: st.DrawFn) -> Raw:
+    """A JSON number literal of any shape the grammar allows: a sign, up to 10 000
+    integer digits, a fraction, an exponent (huge, tiny, zero-padded, on an integer)."""
+    sign = draw(st.sampled_from(["", "-"]))
+    integer = draw(
+        st.one_of(
+            st.just("0"),
+            st.integers(1, 10**30).map(str),
+            st.integers(1, 10_000).map(lambda n: "9" * n),
+        )
+    )
+    fraction = draw(
+        st.one_of(
+            st.just(""),
+            st.integers(1, 10_000).map(lambda n: "." + "0" * (n - 1) + "1"),
+            st.integers(0, 10**20).map(lambda n: f".{n}"),
+        )
+    )
+    exponent = draw(
+        st.one_of(
+            st.just(""),
+            st.builds(
+                lambda e, sign, n: f"{e}{sign}{str(n).lstrip('-')}",
+                st.sampled_from(["e", "E"]),
+                st.sampled_from(["", "+", "-"]),
+                _exponents,
+            ),
+        )
+    )
+    return Raw(sign + integer + fraction + exponent)
+
+
 numeric_strings = st.sampled_from(
     ["NaN", "Infinity", "-Infinity", "1e999999", "-0", "0x10", "1_000", " 1", "1.", ".5", "٣"]
 )
@@ -159,6 +205,7 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     non_finite,
     huge_numbers,
+    json_numbers(),
     numeric_strings,
     nasty_text,
     huge_strings,
@@ -202,6 +249,17 @@ def unknown_fields(draw: st.DrawFn) -> bytes:
     for key, value in extras.items():
         event.setdefault(key, value)
     return _utf8(render(event))
+
+
+@st.composite
+def numbers_anywhere(draw: st.DrawFn) -> bytes:
+    """A plausible event with a number of any shape at one field, nested or not, or in
+    an unknown field, or as the whole value."""
+    number = draw(json_numbers())
+    where = draw(st.sampled_from([(f,) for f in FIELDS] + [*NESTED_FIELDS, ("extra",), ()]))
+    if not where:
+        return _utf8(render(draw(st.sampled_from([number, [number]]))))
+    return _utf8(render(_put(base_event(), where, number)))
 
 
 @st.composite
@@ -249,6 +307,7 @@ def oversized(draw: st.DrawFn) -> bytes:
 hostile_records = st.one_of(
     wrong_field(),
     wrong_field(),
+    numbers_anywhere(),
     unknown_fields(),
     duplicate_keys(),
     deep_nesting(),

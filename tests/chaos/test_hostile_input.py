@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pytest
@@ -35,6 +35,7 @@ from tests.chaos.harness import (
     record,
     sequence,
     unique,
+    usage_event,
     wait_committed,
 )
 from tests.chaos.hostile import draw_many, hostile_records, hypothesis_settings
@@ -197,6 +198,15 @@ def _number(text: str) -> int | Decimal:
     return int(text) if len(text) <= 20 else Decimal(text)
 
 
+def _fraction(text: str) -> Decimal | str:
+    """Exact, or the text itself where no Decimal can hold the exponent (such a number
+    can only sit in an unknown field of a valid event, where a string is as good)."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return text
+
+
 def as_outgoing(values: list[bytes], prefix: str) -> list[Outgoing]:
     """Each hostile value as a record. A valid one gets a reference of its own, so that
     two never conflict (resolution may still refuse it); its other fields, unknown
@@ -207,7 +217,7 @@ def as_outgoing(values: list[bytes], prefix: str) -> list[Outgoing]:
         if isinstance(validate_record(value, MAX_BYTES), InvalidEvent):
             records.append(Outgoing(value, partition, b"hostile", None))
             continue
-        body = json.loads(value, parse_float=Decimal, parse_int=_number)
+        body = json.loads(value, parse_float=_fraction, parse_int=_number)
         reference = f"{prefix}-{index}"
         body["externalReference"] = reference
         renamed = json.dumps(body, default=str).encode()
@@ -263,3 +273,49 @@ async def test_worker_survives_hostile_records_with_bounded_memory(chaos: Chaos)
     assert after_first[0] - baseline[0] < 150, (baseline, after_first)
     assert after_second[0] - after_first[0] < 40, (after_first, after_second)
     assert after_second[1] < 600, f"peak RSS {after_second[1]:.0f} MiB"
+
+
+def with_number(reference: str, where: str, number: str) -> bytes:
+    body = json.loads(usage_event(reference, 0))
+    if where == "quantity":
+        body["unitQuantities"][0]["quantity"] = "PLACEHOLDER"
+    else:
+        body[where] = "PLACEHOLDER"
+    return json.dumps(body).encode().replace(b'"PLACEHOLDER"', number.encode())
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+async def test_numbers_no_decimal_can_hold_get_one_outcome_each_from_a_running_worker(
+    chaos: Chaos,
+) -> None:
+    """Each of these once stopped `usage-ingest run` with `worker_failed`, and again at
+    every restart, blocking its partition for good (SPEC.md §6)."""
+    url = await chaos.database()
+    settings = await chaos.settings(url)
+    prefix = unique("huge")
+    poison = [
+        Outgoing(b"[0.4e006699999999999999999999999999999999999999]", 0, b"alone", None),
+        Outgoing(with_number(f"{prefix}-q", "quantity", "1e1000000000000000000"), 0, b"q", None),
+        Outgoing(
+            with_number(f"{prefix}-id", "contractId", "1e-1000000000000000000"), 0, b"i", None
+        ),
+        # Unknown fields are ignored (SPEC.md §3): this one is stored, raw text and all.
+        Outgoing(
+            with_number(f"{prefix}-x", "extension", "-1e1000000000000000000"),
+            0,
+            b"x",
+            f"{prefix}-x",
+        ),
+    ]
+    after = sequence(prefix, 0, 4 * INPUT_PARTITIONS)  # the same partitions, behind them
+    worker = chaos.worker(settings)
+    worker.start()
+    sent = await produce(settings, [*poison, *after])
+    await wait_committed(settings, log_end(sent), within_s=60)
+    assert worker.running, worker.output()[-3000:]
+    verdict = await check(settings, url, sent)
+    assert worker.count("worker_failed") == 0
+    assert await worker.terminate() == 0
+    assert verdict.clean, verdict
+    assert verdict.stored == 1 + len(after)

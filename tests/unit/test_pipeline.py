@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import decimal
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
+import structlog
 
+from usage_ingest import pipeline as pipeline_module
 from usage_ingest.errors import StoreRefusedData, StoreUnavailable
 from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
 from usage_ingest.pipeline import DEAD_LETTER_HEADERS, Pipeline, next_offsets
@@ -261,9 +264,7 @@ async def test_a_batch_stored_after_one_that_did_not_commit_is_not_committed() -
 async def test_records_fetched_before_an_abandoned_batch_rewound_go_back_too() -> None:
     """Batch 2 was fetched before batch 1's refused commit rewound its partition: it is
     dropped and rewound (fetched again), never committed past batch 1's records."""
-    pipeline, store, consumer, _ = make_pipeline(
-        [[record(event("a"), 0)], [record(event("b"), 1)]]
-    )
+    pipeline, store, consumer, _ = make_pipeline([[record(event("a"), 0)], [record(event("b"), 1)]])
     consumer.refuse_commits = 1
     await run_until_drained(pipeline, consumer)
     assert consumer.commits == []
@@ -332,3 +333,46 @@ def test_next_offsets_is_one_past_the_highest(
     offsets: list[int], expected: dict[Partition, int]
 ) -> None:
     assert next_offsets([record(b"{}", o) for o in offsets]) == expected
+
+
+def poison_on(marker: bytes, real: Callable[..., Any]) -> Callable[..., Any]:
+    """`real`, except that it raises for the record whose value contains `marker`."""
+
+    def deciding(value: Any, *args: Any) -> Any:
+        raw = value if isinstance(value, bytes) else getattr(value, "external_reference", "")
+        if marker in (raw if isinstance(raw, bytes) else raw.encode()):
+            raise decimal.InvalidOperation([decimal.InvalidOperation])
+        return real(value, *args)
+
+    return deciding
+
+
+@pytest.mark.parametrize("step", ["validate_record", "resolve"])
+async def test_a_record_whose_decision_raises_is_refused_and_the_batch_goes_on(
+    step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC.md §6: a poison record never blocks its partition, even one that meets a
+    defect: it is refused as MALFORMED_MESSAGE and dead-lettered, the rest is stored."""
+    monkeypatch.setattr(pipeline_module, step, poison_on(b"poison", getattr(pipeline_module, step)))
+    batch = [record(event("a"), 0), record(event("poison"), 1, key=b"k"), record(event("b"), 2)]
+    pipeline, store, consumer, out = make_pipeline([batch])
+    with structlog.testing.capture_logs() as logs:
+        await run_until_drained(pipeline, consumer)
+    assert [o["externalReference"] for o in out.on("usage.accepted")] == ["a", "b"]
+    [refused] = out.on("usage.rejected")
+    assert [e["code"] for e in refused["errors"]] == ["MALFORMED_MESSAGE"]
+    assert "InvalidOperation" in refused["errors"][0]["message"]
+    assert refused["retryable"] is False
+    assert refused["source"]["offset"] == 1
+    [dead] = [r for r in out.sent if r.topic == "usage.events.dlq"]
+    assert (dead.key, dead.value) == (b"k", event("poison"))
+    assert set(store.rows) == {"a", "b"}
+    assert consumer.commits == [{(TOPIC, 0): 3}]
+    [failed] = [line for line in logs if line["event"] == "record_decision_failed"]
+    assert (failed["log_level"], failed["offset"], failed["error"]) == (
+        "error",
+        1,
+        "InvalidOperation",
+    )
+    assert isinstance(failed["exc_info"], decimal.InvalidOperation)
+    assert pipeline.metrics.decision_failures._value.get() == 1

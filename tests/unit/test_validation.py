@@ -12,7 +12,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
 
+from tests.chaos.hostile import hypothesis_settings, numbers_anywhere
 from usage_ingest.errors import ErrorCode, WarningCode
 from usage_ingest.models import Location, format_utc
 from usage_ingest.validation import InvalidEvent, ValidEvent, validate_record
@@ -368,6 +370,10 @@ def utc(*args: int) -> datetime:
             utc(2026, 11, 22, 9, 0, 0, 123000),
             id="fraction+offset",
         ),
+        pytest.param("2026-11-22T10:00:00+23:59", utc(2026, 11, 21, 10, 1), id="largest-offset"),
+        pytest.param("2026-11-22T10:00:00-23:59", utc(2026, 11, 23, 9, 59), id="smallest-offset"),
+        # ISO 8601 allows an offset of hours alone.
+        pytest.param("2026-11-22T11:00:00+01", utc(2026, 11, 22, 10), id="hours-only-offset"),
         pytest.param("2026-11-22 10:00:00Z", utc(2026, 11, 22, 10), id="space-separator"),
         # RFC 3339 §5.6: "T" and "Z" may alternatively be lower case.
         pytest.param("2026-11-22t10:00:00z", utc(2026, 11, 22, 10), id="lowercase-t-and-z"),
@@ -391,6 +397,12 @@ def test_date_time_accepted(text: str, instant: datetime) -> None:
         pytest.param("2026-02-30T10:00:00Z", id="february-30"),
         pytest.param("2026-11-22T25:00:00Z", id="hour-25"),
         pytest.param("2026-11-22T10:00:00+25:00", id="offset-25h"),
+        # fromisoformat alone would read these as +11:00 and +11:39: another instant.
+        pytest.param("2026-05-01T10:00:00+10:60", id="offset-60-minutes"),
+        pytest.param("2026-05-01T10:00:00+10:99", id="offset-99-minutes"),
+        pytest.param("2026-05-01T10:00:00-0960", id="basic-offset-60-minutes"),
+        pytest.param("2026-05-01T10:00:00+24:00", id="offset-24h"),
+        pytest.param("2026-05-01T10:00:00+24", id="hours-only-offset-24"),
         pytest.param("22/11/2026 10:00", id="local-format"),
         pytest.param("0001-01-01T00:00:00+01:00", id="before-year-1-in-utc"),
         pytest.param(1764000000, id="epoch-number"),
@@ -659,6 +671,131 @@ def test_quantity_as_huge_json_number_is_refused() -> None:
     )
     result = refused(raw)
     assert [e.field for e in result.errors] == ["unitQuantities.0.quantity"]
+
+
+def test_an_impossible_offset_is_named_in_the_message() -> None:
+    result = refused(event(startDate="2026-05-01T10:00:00+10:60"))
+    assert [(e.field, e.message) for e in result.errors] == [
+        ("startDate", "has an impossible UTC offset: hours 00-23, minutes 00-59")
+    ]
+
+
+# Numbers no Decimal can hold (exponents past about 10^18), and other extreme shapes.
+EXTREME_NUMBERS = [
+    pytest.param("0.4e006699999999999999999999999999999999999999", id="huge-exponent"),
+    pytest.param("1e1000000000000000000", id="exponent-10^18"),
+    pytest.param("-1e1000000000000000000", id="negative-exponent-10^18"),
+    pytest.param("1e-1000000000000000000", id="tiny-exponent"),
+    pytest.param("9" * 10_000, id="10000-digits"),
+    pytest.param("0." + "0" * 9_999 + "1", id="10000-fraction-digits"),
+    pytest.param("1" + "0" * 5_000 + "e-4980", id="5000-digits-exponent"),  # 10^20
+]
+
+
+def raw_with(field_path: tuple[str | int, ...], number: str) -> bytes:
+    """The base event (with a location, a quantity and a property) with a number
+    literal at `field_path`."""
+    obj = event(
+        taxLocation={"country": "GB"},
+        unitQuantities=quantities(("minute", 1)),
+        properties=[{"name": "line", "value": "1"}],
+    )
+    target: Any = obj
+    for step in field_path[:-1]:
+        target = target[step]
+    target[field_path[-1]] = "PLACEHOLDER"
+    return encode(obj).replace(b'"PLACEHOLDER"', number.encode())
+
+
+@pytest.mark.parametrize("number", EXTREME_NUMBERS)
+def test_extreme_numbers_as_the_whole_value_are_malformed(number: str) -> None:
+    assert_malformed(refused(number.encode()))
+    assert_malformed(refused(f"[{number}]".encode()))
+
+
+@pytest.mark.parametrize("number", EXTREME_NUMBERS)
+def test_extreme_numbers_in_an_unknown_field_are_ignored(number: str) -> None:
+    raw = raw_with(("extension",), number)
+    result = validate_record(raw, MAX_BYTES)
+    assert isinstance(result, ValidEvent), result
+    assert result.raw == raw.decode()
+    assert result.payload_hash == accepted(json.loads(raw_with(("extension",), "1"))).payload_hash
+
+
+@pytest.mark.parametrize("number", EXTREME_NUMBERS)
+@pytest.mark.parametrize(
+    "field_path",
+    [
+        ("externalReference",),
+        ("contractId",),
+        ("debtorId",),
+        ("productIdent",),
+        ("description",),
+        ("startDate",),
+        ("endDate",),
+        ("operatingSite",),
+        ("taxLocation",),
+        ("taxLocation", "country"),
+        ("serviceCountry",),
+        ("unitQuantities",),
+        ("unitQuantities", 0, "unit"),
+        ("unitQuantities", 0, "quantity"),
+        ("properties",),
+        ("properties", 0, "name"),
+        ("properties", 0, "value"),
+    ],
+)
+def test_extreme_numbers_in_any_field_are_a_violation_of_that_field(
+    field_path: tuple[str | int, ...], number: str
+) -> None:
+    result = refused(raw_with(field_path, number))
+    assert [(e.code, e.field) for e in result.errors] == [
+        (ErrorCode.SCHEMA_VIOLATION, ".".join(map(str, field_path)))
+    ], result.errors
+
+
+@pytest.mark.parametrize(
+    ("number", "expected"),
+    [
+        pytest.param("-0", "0", id="negative-zero"),
+        pytest.param("-0.0", "0", id="negative-zero-fraction"),
+        pytest.param("-0e5", "0", id="negative-zero-exponent"),
+        pytest.param("7e0", "7", id="integer-with-exponent"),
+        pytest.param("7E+2", "700", id="integer-with-positive-exponent"),
+        pytest.param("70e-1", "7", id="integer-with-negative-exponent"),
+    ],
+)
+def test_zero_and_exponent_shapes_of_quantities(number: str, expected: str) -> None:
+    result = validate_record(raw_with(("unitQuantities", 0, "quantity"), number), MAX_BYTES)
+    assert isinstance(result, ValidEvent), result
+    assert result.event.unit_quantities is not None
+    assert format(result.event.unit_quantities[0].quantity, "f") == expected
+
+
+@pytest.mark.parametrize("number", ["-0", "7e0", "7E+2", "7.0"])
+def test_ids_written_as_floats_or_negative_zero(number: str) -> None:
+    result = validate_record(raw_with(("contractId",), number), MAX_BYTES)
+    if number == "-0":
+        assert isinstance(result, ValidEvent), result
+        assert result.event.contract_id == 0
+    else:
+        assert [e.field for e in refused(raw_with(("contractId",), number)).errors] == [
+            "contractId"
+        ]
+
+
+@hypothesis_settings(1500)
+@given(numbers_anywhere())
+def test_validation_is_total_for_numbers_of_every_shape_anywhere(raw: bytes) -> None:
+    """No byte string can make validation raise: here numbers of every shape the JSON
+    grammar allows, in every field, nested or not, in an unknown field, or alone."""
+    result = validate_record(raw, MAX_BYTES)
+    if isinstance(result, InvalidEvent):
+        assert result.errors
+        assert {e.code for e in result.errors} <= {
+            ErrorCode.MALFORMED_MESSAGE,
+            ErrorCode.SCHEMA_VIOLATION,
+        }
 
 
 @pytest.mark.parametrize("missing", ["unit", "quantity"])
