@@ -39,10 +39,10 @@ from usage_ingest.kafka import InputRecord
 from usage_ingest.lag_command import lag_report
 from usage_ingest.pipeline import _usage_row
 from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
-from usage_ingest.store import QUERIES, Store, UsageRow
+from usage_ingest.store import USAGE_COLUMNS, Store, UsageRow
 from usage_ingest.validation import ValidEvent, validate_record
 
-_COLUMNS: Final = tuple(UsageRow.__dataclass_fields__)
+_COLUMNS: Final = USAGE_COLUMNS
 _COPY_CHUNK: Final = 20_000
 _WARM_UP_ROWS: Final = 1000
 
@@ -245,9 +245,28 @@ STORAGE_METHODS: Final = {
     "copy": "COPY into usages (copy_records_to_table), chunks of up to 20k rows",
     "copy_2conn": "COPY into usages on 2 connections at once, chunks of up to 20k rows",
     "copy_upsert": "COPY into a temp table + INSERT ... ON CONFLICT DO NOTHING, same chunks",
-    "insert_usages_1000": "the project's insert_usages statement, 1000-row batches",
-    "insert_usages_10000": "the project's insert_usages statement, 10000-row batches",
+    "unnest_5000": "raw set-based insert: INSERT ... SELECT FROM unnest(...) ON CONFLICT DO "
+    "NOTHING, 5000-row batches, 1 connection",
+    "store_usages_1000": "the worker's own Store.store_usages (COPY into its staging table, "
+    "claim and insert, stored rows back), 1000-row batches",
 }
+# The raw set-based insert: what a batch costs Postgres without the answers the worker
+# needs (which rows were new, and the stored hash and source of the others).
+_RAW_UNNEST_INSERT: Final = """
+INSERT INTO usages (
+    external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
+    description, start_date, end_date, operating_site, tax_location, performance_location,
+    service_country, unit_quantities, properties, billable, payload_hash, raw_payload,
+    source_topic, source_partition, source_offset
+)
+SELECT * FROM unnest(
+    $1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
+    $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::jsonb[],
+    $12::jsonb[], $13::text[], $14::jsonb[], $15::jsonb[], $16::boolean[], $17::text[],
+    $18::text[], $19::text[], $20::integer[], $21::bigint[]
+)
+ON CONFLICT (external_reference) DO NOTHING
+"""
 
 
 async def measure_storage_limit(env: BenchEnvironment, rows: Sequence[UsageRow]) -> StorageLimit:
@@ -256,12 +275,17 @@ async def measure_storage_limit(env: BenchEnvironment, rows: Sequence[UsageRow])
     starts. Each method runs on its own fresh database, on connections set up like the
     worker's (`jit` off), after a warm-up with its first 1000 rows (then truncated) so
     that no method pays first-use costs the busy worker has long paid."""
-    tuples = [tuple(getattr(r, c) for c in _COLUMNS) for r in rows]
+    # The worker stages instants as RFC 3339 text; every other method writes `usages`'
+    # timestamptz columns straight, so it is given datetimes (converted before the clock).
+    tuples = [_with_datetimes(r) for r in rows]
     result = StorageLimit(len(rows), {})
     for method in STORAGE_METHODS:
         url = await env.fresh_database(f"limit_{method}")
         conns = [await asyncpg.connect(url, server_settings={"jit": "off"}) for _ in range(2)]
         try:
+            if method.startswith("store_usages_"):
+                result.seconds[method] = await _store_by_the_worker(url, conns[0], rows)
+                continue
             await _store_by(method, conns, tuples[:_WARM_UP_ROWS])
             await conns[0].execute("TRUNCATE usages")
             result.seconds[method] = await _store_by(method, conns, tuples)
@@ -281,7 +305,7 @@ async def _store_by(
     # At most 20k rows a chunk, and at least 8 chunks (so two connections share the work).
     size = max(min(_COPY_CHUNK, len(tuples) // 8), 500)
     chunks = [tuples[i : i + size] for i in range(0, len(tuples), size)]
-    if method.startswith("insert_usages_"):
+    if method.startswith("unnest_"):
         batch = int(method.rpartition("_")[2])
         batches = [
             [list(c) for c in zip(*tuples[i : i + batch], strict=True)]
@@ -289,7 +313,7 @@ async def _store_by(
         ]
         started = time.monotonic()
         for columns in batches:
-            await conns[0].fetch(QUERIES["insert_usages"], *columns)
+            await conns[0].execute(_RAW_UNNEST_INSERT, *columns)
         return time.monotonic() - started
     if method == "copy_upsert":
         column_list = ", ".join(_COLUMNS)
@@ -323,6 +347,30 @@ async def _store_by(
     else:
         raise ValueError(method)
     return time.monotonic() - started
+
+
+def _with_datetimes(row: UsageRow) -> tuple[Any, ...]:
+    values: list[Any] = list(row)
+    for name in ("start_date", "end_date"):
+        index = USAGE_COLUMNS.index(name)
+        values[index] = datetime.fromisoformat(values[index])
+    return tuple(values)
+
+
+async def _store_by_the_worker(
+    url: str, conn: asyncpg.Connection, rows: Sequence[UsageRow], batch: int = 1000
+) -> float:
+    """`Store.store_usages` as the worker calls it, batch after batch."""
+    store = await Store.open(url, max_size=1)
+    try:
+        await store.store_usages(rows[:_WARM_UP_ROWS])
+        await conn.execute("TRUNCATE usages")
+        started = time.monotonic()
+        for i in range(0, len(rows), batch):
+            await store.store_usages(rows[i : i + batch])
+        return time.monotonic() - started
+    finally:
+        await store.close()
 
 
 # --- the pipeline (and the same with two workers) ---------------------------------------

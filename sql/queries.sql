@@ -62,60 +62,45 @@ FROM (
     FROM inventories
 ) i;
 
--- name: insert_usages
--- Claim and write in one statement (SPEC.md §6): rows whose external reference
--- is new are inserted; for the others the stored row's id, hash and source come
--- back so the caller can tell a duplicate from a conflict. Rows go in
+-- name: prepare_usage_batch
+-- Each connection's staging table for insert_usage_batch, created when the connection
+-- opens: a batch is copied in (COPY), then claimed and written by one statement; every
+-- commit empties it. Instants come as RFC 3339 text in UTC (the canonical payload's).
+CREATE TEMPORARY TABLE IF NOT EXISTS usage_batch (
+    external_reference text, contract_id bigint, debtor_id bigint, inventory_id bigint,
+    product_item_id bigint, product_ident text, description text,
+    start_date text, end_date text, operating_site text, tax_location jsonb,
+    performance_location jsonb, service_country text, unit_quantities jsonb,
+    properties jsonb, billable boolean, payload_hash text, raw_payload text,
+    source_topic text, source_partition integer, source_offset bigint
+) ON COMMIT DELETE ROWS;
+
+-- name: insert_usage_batch
+-- Claim and write in one statement (SPEC.md §6): the staged rows whose external
+-- reference is new are inserted, and come back with their ids. Rows go in
 -- external_reference order so two workers lock keys in the same order and
 -- cannot deadlock each other.
-WITH input AS (
-    SELECT *
-    FROM unnest(
-        $1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[],
-        $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::jsonb[],
-        $12::jsonb[], $13::text[], $14::jsonb[], $15::jsonb[], $16::boolean[], $17::text[],
-        $18::text[], $19::text[], $20::integer[], $21::bigint[]
-    ) AS t(
-        external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
-        description, start_date, end_date, operating_site, tax_location,
-        performance_location, service_country, unit_quantities, properties, billable, payload_hash,
-        raw_payload, source_topic, source_partition, source_offset
-    )
-), inserted AS (
-    INSERT INTO usages (
-        external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
-        description, start_date, end_date, operating_site, tax_location,
-        performance_location, service_country, unit_quantities, properties, billable, payload_hash,
-        raw_payload, source_topic, source_partition, source_offset
-    )
-    SELECT * FROM input ORDER BY external_reference
-    ON CONFLICT (external_reference) DO NOTHING
-    RETURNING id, external_reference
+INSERT INTO usages (
+    external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
+    description, start_date, end_date, operating_site, tax_location,
+    performance_location, service_country, unit_quantities, properties, billable, payload_hash,
+    raw_payload, source_topic, source_partition, source_offset
 )
 SELECT
-    input.external_reference,
-    inserted.id AS inserted_id,
-    stored.id AS stored_id,
-    stored.payload_hash AS stored_hash,
-    stored.source_topic AS stored_topic,
-    stored.source_partition AS stored_partition,
-    stored.source_offset AS stored_offset
-FROM input
-LEFT JOIN inserted USING (external_reference)
-LEFT JOIN usages stored
-    ON stored.external_reference = input.external_reference AND inserted.id IS NULL;
+    external_reference, contract_id, debtor_id, inventory_id, product_item_id, product_ident,
+    description, start_date::timestamptz, end_date::timestamptz, operating_site, tax_location,
+    performance_location, service_country, unit_quantities, properties, billable, payload_hash,
+    raw_payload, source_topic, source_partition, source_offset
+FROM usage_batch
+ORDER BY external_reference
+ON CONFLICT (external_reference) DO NOTHING
+RETURNING id, external_reference;
 
 -- name: fetch_stored_usages
--- The stored rows for references a concurrent transaction committed while
--- insert_usages ran (its snapshot could not see them).
-SELECT
-    external_reference,
-    NULL::bigint AS inserted_id,
-    id AS stored_id,
-    payload_hash AS stored_hash,
-    source_topic AS stored_topic,
-    source_partition AS stored_partition,
-    source_offset AS stored_offset
+-- The rows that already held the references insert_usage_batch did not insert, so
+-- the caller can tell a duplicate (same hash) from a conflict. Few, and found by the
+-- unique index; a join in the insert itself was planned as a scan of all usages.
+SELECT external_reference, id, payload_hash, source_topic, source_partition, source_offset
 FROM usages
 WHERE external_reference = ANY($1::text[]);
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -41,8 +42,9 @@ class CommitRefused(UsageIngestError):
     """The group rebalanced before the commit: the new owner re-delivers the records."""
 
 
-@dataclass(frozen=True, slots=True)
-class InputRecord:
+# Records are NamedTuples, not frozen dataclasses: one is made per record on the hot
+# path, and a tuple is built in C where a frozen dataclass sets each field in Python.
+class InputRecord(NamedTuple):
     topic: str
     partition: int
     offset: int
@@ -52,8 +54,7 @@ class InputRecord:
     timestamp_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class OutputRecord:
+class OutputRecord(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None  # None is a null value (a tombstone), kept as such
@@ -158,6 +159,36 @@ _FETCH_FILL_MS = 20
 # Record batches of outcomes and dead letters: 1000 outcomes fill about one per partition.
 _BATCH_BYTES = 256 * 1024
 _PARTITIONER = DefaultPartitioner()
+_MURMUR2_M, _U32 = 0x5BD1E995, 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's `Utils.murmur2`), as aiokafka's but reading the
+    key a 4-byte word at a time: a third of its cost, and it runs once per outcome."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    whole = length & ~3
+    for (word,) in struct.iter_unpack("<I", data[:whole]):
+        k = (word * _MURMUR2_M) & _U32
+        k ^= k >> 24
+        h = ((h * _MURMUR2_M) & _U32) ^ ((k * _MURMUR2_M) & _U32)
+    tail = length & 3
+    if tail:
+        if tail == 3:  # noqa: PLR2004 - the bytes left after the last whole word
+            h ^= data[whole + 2] << 16
+        if tail >= 2:  # noqa: PLR2004
+            h ^= data[whole + 1] << 8
+        h = ((h ^ data[whole]) * _MURMUR2_M) & _U32
+    h ^= h >> 13
+    h = (h * _MURMUR2_M) & _U32
+    return h ^ (h >> 15)
+
+
+def partition_for(key: bytes | None, partitions: list[int]) -> int:
+    """The partition Kafka's default partitioner gives `key` (random without one)."""
+    if key is None:
+        return int(_PARTITIONER(key, partitions, partitions))
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
 def _append(batch: BatchBuilder, record: OutputRecord) -> Any:
@@ -372,7 +403,7 @@ class OutputProducer:
             if not known:
                 unsent.append(record)
                 continue
-            partition = _PARTITIONER(record.key, known, known)
+            partition = partition_for(record.key, known)
             grouped.setdefault((record.topic, partition), []).append(record)
         return grouped, unsent
 

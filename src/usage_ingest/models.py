@@ -46,7 +46,8 @@ def storable_text(value: str) -> str:
     return value
 
 
-def _country(value: str) -> str:
+def country_code(value: str) -> str:
+    """An ISO 3166-1 alpha-2 or alpha-3 code, in its canonical upper case."""
     if not is_country_code(value):
         raise ValueError("must be an ISO 3166-1 alpha-2 or alpha-3 country code")
     return value.upper()
@@ -65,7 +66,7 @@ Text1000 = Annotated[str, Strict(), Field(max_length=1000), AfterValidator(stora
 
 Ident = Annotated[str, Strict(), Field(pattern=IDENT_PATTERN)]
 Int64 = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
-CountryCode = Annotated[str, Strict(), AfterValidator(_country)]
+CountryCode = Annotated[str, Strict(), AfterValidator(country_code)]
 
 # RFC 3339 / ISO 8601 date-time: a date, a time, optional fraction and offset.
 _DATE_TIME = re.compile(
@@ -73,21 +74,22 @@ _DATE_TIME = re.compile(
     r"([Zz]|[+-](?P<offset_hours>\d{2})(:?(?P<offset_minutes>\d{2}))?)?$"
 )
 _MAX_OFFSET_HOURS, _MAX_OFFSET_MINUTES = 23, 59
+# The spelling nearly every producer uses, offset in range: no more checks needed.
+_COMMON_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
+)
 
 
-def _parse_date_time(value: object) -> datetime:
+def parse_date_time(value: object) -> datetime:
     """ISO 8601 text to an aware UTC datetime; no offset means UTC (SPEC.md §3)."""
-    match = _DATE_TIME.match(value) if isinstance(value, str) else None
-    if match is None or not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")
-    # datetime.fromisoformat does not range-check an offset: it reads +10:60 as +11:00,
-    # a different instant.
-    if int(match["offset_hours"] or 0) > _MAX_OFFSET_HOURS or (
-        int(match["offset_minutes"] or 0) > _MAX_OFFSET_MINUTES
-    ):
-        raise ValueError("has an impossible UTC offset: hours 00-23, minutes 00-59")
+    if not isinstance(value, str):  # pydantic reports ValueError, not TypeError
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")  # noqa: TRY004
+    if not _COMMON_DATE_TIME.fullmatch(value):
+        _check_spelling(value)
+        value = value.upper()  # RFC 3339 allows "t" and "z"
     try:
-        parsed = datetime.fromisoformat(value.upper())  # RFC 3339 allows "t" and "z"
+        parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
@@ -95,16 +97,30 @@ def _parse_date_time(value: object) -> datetime:
         raise ValueError("is not a valid date-time") from None
 
 
+def _check_spelling(value: str) -> None:
+    match = _DATE_TIME.match(value)
+    if match is None:
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-11-22T10:00:00Z")
+    # datetime.fromisoformat does not range-check an offset: it reads +10:60 as +11:00,
+    # a different instant.
+    if int(match["offset_hours"] or 0) > _MAX_OFFSET_HOURS or (
+        int(match["offset_minutes"] or 0) > _MAX_OFFSET_MINUTES
+    ):
+        raise ValueError("has an impossible UTC offset: hours 00-23, minutes 00-59")
+
+
 def format_utc(value: datetime) -> str:
     """The one text form of instants this service writes: RFC 3339, UTC, microseconds.
 
     (Not strftime: its %Y does not pad years before 1000 to four digits.)"""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 UtcDateTime = Annotated[
     datetime,
-    BeforeValidator(_parse_date_time),
+    BeforeValidator(parse_date_time),
     PlainSerializer(format_utc, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
@@ -141,7 +157,7 @@ def normalise_decimal(value: Decimal) -> Decimal:
     return Decimal((sign, tuple(digit_list), exponent))
 
 
-def _parse_quantity(value: object) -> Decimal:
+def parse_quantity(value: object) -> Decimal:
     """A JSON number or numeric string to an exact, normalised Decimal (never a float)."""
     # pydantic reports ValueError, not TypeError, as a validation error.
     if isinstance(value, OutOfRangeNumber):
@@ -173,13 +189,14 @@ def _parse_quantity(value: object) -> Decimal:
 
 
 def format_decimal(value: Decimal) -> str:
-    """Plain positional notation, never an exponent: '1.5', '100', '0.000001'."""
-    return format(value, "f")
+    """Plain positional notation, never an exponent: '1.5', '100', '0.0000001'."""
+    text = str(value)  # the same text, at half the cost, unless it has an exponent
+    return format(value, "f") if "E" in text else text
 
 
 Quantity = Annotated[
     Decimal,
-    BeforeValidator(_parse_quantity),
+    BeforeValidator(parse_quantity),
     PlainSerializer(format_decimal, return_type=str),
     WithJsonSchema(
         {

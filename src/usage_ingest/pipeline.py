@@ -25,8 +25,8 @@ both are fetched again).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -34,16 +34,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+import orjson
 import structlog
 
 from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
 from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
 from usage_ingest.metrics import WorkerMetrics
-from usage_ingest.models import Location, Outcome, OutcomeError, OutcomeWarning, Source
+from usage_ingest.models import OutcomeError
+from usage_ingest.outcomes import (
+    CREATED,
+    DUPLICATE,
+    REJECTED,
+    Status,
+    instant,
+    outcome_json,
+    source,
+)
 from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.settings import Settings
 from usage_ingest.store import StoredUsage, UsageRow
-from usage_ingest.validation import InvalidEvent, ValidEvent, unit_quantities_json, validate_record
+from usage_ingest.validation import (
+    InvalidEvent,
+    ValidEvent,
+    properties_payload,
+    unit_quantities_json,
+    validate_record,
+)
 
 log = structlog.get_logger("usage_ingest.pipeline")
 T = TypeVar("T")
@@ -91,10 +107,10 @@ class Counters:
     records: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
 
-    def add(self, outcomes: Iterable[Outcome]) -> None:
-        for outcome in outcomes:
-            self.records += 1
-            self.by_status[outcome.status] = self.by_status.get(outcome.status, 0) + 1
+    def add(self, by_status: dict[Status, int]) -> None:
+        for status, count in by_status.items():
+            self.records += count
+            self.by_status[status] = self.by_status.get(status, 0) + count
 
 
 class _MinuteSummary:
@@ -106,9 +122,9 @@ class _MinuteSummary:
         self._started = time.monotonic()
         self._by_status: dict[str, int] = {}
 
-    def add(self, outcomes: Iterable[Outcome]) -> None:
-        for outcome in outcomes:
-            self._by_status[outcome.status] = self._by_status.get(outcome.status, 0) + 1
+    def add(self, by_status: dict[Status, int]) -> None:
+        for status, count in by_status.items():
+            self._by_status[status] = self._by_status.get(status, 0) + count
 
     def maybe_log(self, metrics: WorkerMetrics) -> None:
         elapsed = time.monotonic() - self._started
@@ -132,26 +148,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _instant(moment: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds, as in SPEC.md §5's example."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@functools.lru_cache(maxsize=4096)
-def _record_instant(timestamp_ms: int) -> str:
-    """A record timestamp as RFC 3339; cached, as a batch's records share few milliseconds."""
-    return _instant(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
-
-
-def source_of(record: InputRecord) -> Source:
-    timestamp = _record_instant(record.timestamp_ms) if record.timestamp_ms >= 0 else None
-    return Source(
-        topic=record.topic, partition=record.partition, offset=record.offset, timestamp=timestamp
-    )
-
-
 @dataclass(slots=True)
-class _Verdict:
+class Verdict:
     """What the pipeline knows about one record while the batch is decided."""
 
     record: InputRecord
@@ -166,6 +164,26 @@ class _Verdict:
         if isinstance(self.checked, ValidEvent):
             return self.checked.event.external_reference
         return self.checked.external_reference
+
+    @property
+    def errors(self) -> tuple[OutcomeError, ...]:
+        """Why the record is refused; empty once it is stored."""
+        if isinstance(self.checked, InvalidEvent):
+            return self.checked.errors
+        return self.refusal
+
+    @property
+    def status(self) -> Status:
+        if self.errors:
+            return REJECTED
+        stored, record = self.stored, self.record
+        assert stored is not None
+        same_source = (stored.source_topic, stored.source_partition, stored.source_offset) == (
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        return CREATED if same_source else DUPLICATE
 
 
 class BatchAbandoned(Exception):
@@ -351,7 +369,7 @@ class Pipeline:
         started = time.monotonic()
         records = batch.records
         try:
-            outcomes, outgoing = await self.decide(records)
+            verdicts, outgoing = await self.decide(records)
         finally:
             batch.decided.set()
         if previous is not None:
@@ -366,32 +384,27 @@ class Pipeline:
         await self.retrying("commit", lambda: self._consumer.commit(offsets))
         batch.committed = True
         self._note_committed(offsets)
-        self._observe_batch(records, outcomes, acknowledged_ms, time.monotonic() - started)
-        log.debug(
-            "batch_done",
-            records=len(records),
-            created=sum(o.status == "created" for o in outcomes),
-            duplicate=sum(o.status == "duplicate" for o in outcomes),
-            rejected=sum(o.status == "rejected" for o in outcomes),
+        by_status = self._observe_batch(
+            records, verdicts, acknowledged_ms, time.monotonic() - started
         )
+        log.debug("batch_done", records=len(records), **by_status)
 
     async def decide(
         self, records: Sequence[InputRecord]
-    ) -> tuple[list[Outcome], list[OutputRecord]]:
+    ) -> tuple[list[Verdict], list[OutputRecord]]:
         """Steps 1 and 2 of the protocol: every record's outcome, usages stored."""
-        verdicts = [_Verdict(r, self._validate(r)) for r in records]
+        verdicts = [Verdict(r, self._validate(r)) for r in records]
         valid = [v for v in verdicts if isinstance(v.checked, ValidEvent)]
         if valid:
             await self._resolve(valid)
             await self._store_resolved(valid)
-        now = _instant(self._clock())
-        outcomes = [self._outcome(v, now) for v in verdicts]
-        for verdict, outcome in zip(verdicts, outcomes, strict=True):
-            if outcome.status == "rejected":
-                _log_rejection(verdict, outcome)
-        outgoing = [self._outcome_record(v, o) for v, o in zip(verdicts, outcomes, strict=True)]
-        outgoing += [self._dead_letter(v, now) for v in verdicts if _refusal_of(v)]
-        return outcomes, outgoing
+        now = instant(self._clock())
+        outgoing = [self._outcome_record(v, now) for v in verdicts]
+        for verdict in verdicts:
+            if verdict.errors:
+                _log_rejection(verdict)
+                outgoing.append(self._dead_letter(verdict, now))
+        return verdicts, outgoing
 
     def _validate(self, record: InputRecord) -> ValidEvent | InvalidEvent:
         try:
@@ -417,7 +430,7 @@ class Pipeline:
             "it is kept on the dead-letter topic",
         )
 
-    async def _resolve(self, valid: list[_Verdict]) -> None:
+    async def _resolve(self, valid: list[Verdict]) -> None:
         events = [
             (v.checked.event, v.checked.usage_date)
             for v in valid
@@ -435,7 +448,7 @@ class Pipeline:
                 verdict.resolution, verdict.row = None, None
                 verdict.refusal = (self._decision_failed(verdict.record, exc),)
 
-    async def _store_resolved(self, valid: list[_Verdict]) -> None:
+    async def _store_resolved(self, valid: list[Verdict]) -> None:
         """Write the resolved usages; the first record of a reference in the batch
         is the one written, later ones are compared with it like any re-delivery."""
         first_rows: dict[str, UsageRow] = {}
@@ -520,81 +533,70 @@ class Pipeline:
     def _observe_batch(
         self,
         records: list[InputRecord],
-        outcomes: list[Outcome],
+        verdicts: list[Verdict],
         acknowledged_ms: float,
         seconds: float,
-    ) -> None:
+    ) -> dict[Status, int]:
+        """Metrics and counters of a committed batch; its records by outcome status."""
         metrics = self.metrics
         metrics.batch_size.observe(len(records))
         metrics.batch_duration.observe(seconds)
         for record in records:
             if record.timestamp_ms >= 0:
                 metrics.end_to_end.observe(max(acknowledged_ms - record.timestamp_ms, 0) / 1000)
-        for outcome in outcomes:
-            code = outcome.errors[0].code.value if outcome.errors else ""
-            metrics.events.labels(outcome.status, code).inc()
+        by_outcome = collections.Counter(
+            (v.status, v.errors[0].code.value if v.errors else "") for v in verdicts
+        )
+        by_status: dict[Status, int] = {}
+        for (status, code), count in by_outcome.items():
+            metrics.events.labels(status, code).inc(count)
+            by_status[status] = by_status.get(status, 0) + count
         self.counters.batches += 1
-        self.counters.add(outcomes)
-        self._summary.add(outcomes)
+        self.counters.add(by_status)
+        self._summary.add(by_status)
+        return by_status
 
     # --- messages ------------------------------------------------------------
 
-    def _outcome(self, verdict: _Verdict, processed_at: str) -> Outcome:
-        record, checked = verdict.record, verdict.checked
-        warnings: tuple[OutcomeWarning, ...] = (
-            checked.warnings if isinstance(checked, ValidEvent) else ()
-        )
-        errors = _refusal_of(verdict)
-        base: dict[str, Any] = {
-            "external_reference": verdict.reference,
-            "source": source_of(record),
-            "processed_at": processed_at,
-            "warnings": list(warnings),
-        }
+    def _outcome_record(self, verdict: Verdict, processed_at: str) -> OutputRecord:
+        """The outcome message (§5), keyed by the externalReference (or, when none
+        could be read, by the input key) on the accepted or rejected topic."""
+        record, checked, resolution = verdict.record, verdict.checked, verdict.resolution
+        status, errors, reference = verdict.status, verdict.errors, verdict.reference
+        fields: dict[str, Any] = {}
         if isinstance(checked, ValidEvent):
-            base["product_ident"] = checked.event.product_ident
-            base["contract_id"] = checked.event.contract_id
-            base["debtor_id"] = (
-                checked.event.debtor_id if checked.event.contract_id is None else None
-            )
-        if verdict.resolution is not None:
-            base["contract_id"] = verdict.resolution.contract.id
-            base["debtor_id"] = verdict.resolution.contract.debtor_id
-            base["inventory_id"] = verdict.resolution.inventory.id
-        if errors:
-            return Outcome(
-                status="rejected",
-                errors=list(errors),
-                retryable=all(e.code.retryable for e in errors),
-                **base,
-            )
-        stored = verdict.stored
-        assert stored is not None
-        assert verdict.resolution is not None
-        same_source = (stored.source_topic, stored.source_partition, stored.source_offset) == (
-            record.topic,
-            record.partition,
-            record.offset,
+            event = checked.event
+            fields["product_ident"] = event.product_ident
+            fields["contract_id"] = event.contract_id
+            fields["debtor_id"] = event.debtor_id if event.contract_id is None else None
+            fields["warnings"] = checked.warnings
+        if resolution is not None:
+            fields["contract_id"] = resolution.contract.id
+            fields["debtor_id"] = resolution.contract.debtor_id
+            fields["inventory_id"] = resolution.inventory.id
+        if status != REJECTED:
+            assert verdict.stored is not None
+            assert resolution is not None
+            fields["usage_id"] = verdict.stored.usage_id
+            fields["billable"] = resolution.inventory.billable
+        value = outcome_json(
+            status,
+            reference,
+            source(record.topic, record.partition, record.offset, record.timestamp_ms),
+            processed_at,
+            errors=errors,
+            **fields,
         )
-        return Outcome(
-            status="created" if same_source else "duplicate",
-            usage_id=stored.usage_id,
-            billable=verdict.resolution.inventory.billable,
-            **base,
-        )
+        if status == REJECTED:
+            key = reference.encode() if reference else record.key
+            return OutputRecord(self._settings.topic_rejected, key, value)
+        assert reference is not None
+        return OutputRecord(self._settings.topic_accepted, reference.encode(), value)
 
-    def _outcome_record(self, verdict: _Verdict, outcome: Outcome) -> OutputRecord:
-        settings = self._settings
-        if outcome.status == "rejected":
-            key = verdict.reference.encode() if verdict.reference else verdict.record.key
-            return OutputRecord(settings.topic_rejected, key, outcome.to_json())
-        assert verdict.reference is not None
-        return OutputRecord(settings.topic_accepted, verdict.reference.encode(), outcome.to_json())
-
-    def _dead_letter(self, verdict: _Verdict, failed_at: str) -> OutputRecord:
+    def _dead_letter(self, verdict: Verdict, failed_at: str) -> OutputRecord:
         """The refused record itself, unchanged, with the headers of §8."""
         record = verdict.record
-        errors = _refusal_of(verdict)
+        errors = verdict.errors
         kept = tuple((k, v) for k, v in record.headers if k not in DEAD_LETTER_HEADERS)
         message = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
         ours = (
@@ -611,7 +613,7 @@ class Pipeline:
         return OutputRecord(self._settings.topic_dlq, record.key, record.value, headers)
 
 
-def _resolve_one(verdict: _Verdict, snapshot: ReferenceSnapshot) -> None:
+def _resolve_one(verdict: Verdict, snapshot: ReferenceSnapshot) -> None:
     checked = verdict.checked
     assert isinstance(checked, ValidEvent)
     result = resolve(checked.event, checked.usage_date, snapshot)
@@ -622,7 +624,7 @@ def _resolve_one(verdict: _Verdict, snapshot: ReferenceSnapshot) -> None:
         verdict.refusal = (result,)
 
 
-def _log_rejection(verdict: _Verdict, outcome: Outcome) -> None:
+def _log_rejection(verdict: Verdict) -> None:
     """Record-level line: where the record is and why it was refused, never its content."""
     record = verdict.record
     log.debug(
@@ -631,14 +633,8 @@ def _log_rejection(verdict: _Verdict, outcome: Outcome) -> None:
         partition=record.partition,
         offset=record.offset,
         external_reference=verdict.reference,
-        codes=[e.code.value for e in outcome.errors],
+        codes=[e.code.value for e in verdict.errors],
     )
-
-
-def _refusal_of(verdict: _Verdict) -> tuple[OutcomeError, ...]:
-    if isinstance(verdict.checked, InvalidEvent):
-        return verdict.checked.errors
-    return verdict.refusal
 
 
 async def _sleep_unless_stopped(seconds: float, stop: asyncio.Event | None) -> None:
@@ -674,12 +670,12 @@ def _partitions(records: Iterable[InputRecord]) -> set[Partition]:
     return {(r.topic, r.partition) for r in records}
 
 
-def _location_json(location: Location | None) -> str | None:
-    return None if location is None else location.model_dump_json(by_alias=True)
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution) -> UsageRow:
-    event = checked.event
+    event, payload = checked.event, checked.payload
     return UsageRow(
         external_reference=event.external_reference,
         contract_id=resolution.contract.id,
@@ -688,16 +684,16 @@ def _usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution)
         product_item_id=resolution.product.id,
         product_ident=event.product_ident,
         description=event.description,
-        start_date=event.start_date,
-        end_date=event.end_date,
+        start_date=payload["startDate"],
+        end_date=payload["endDate"],
         operating_site=event.operating_site,
-        tax_location=_location_json(event.tax_location),
-        performance_location=_location_json(event.performance_location),
+        tax_location=_json_or_none(payload["taxLocation"]),
+        performance_location=_json_or_none(payload["performanceLocation"]),
         service_country=event.service_country,
         unit_quantities=unit_quantities_json(event),
         properties=None
         if event.properties is None
-        else "[" + ",".join(p.model_dump_json() for p in event.properties) + "]",
+        else orjson.dumps(properties_payload(event.properties)).decode(),
         billable=resolution.inventory.billable,
         payload_hash=checked.payload_hash,
         raw_payload=checked.raw,

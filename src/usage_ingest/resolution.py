@@ -10,24 +10,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import NamedTuple
 
 from usage_ingest.errors import ErrorCode
-from usage_ingest.models import OutcomeError, UsageEvent
+from usage_ingest.events import UsageEvent
+from usage_ingest.models import OutcomeError
 
 USAGE_BASED = "USAGE_BASED"
 ACTIVE = "ACTIVE"
 
 
-@dataclass(frozen=True, slots=True)
-class ProductItem:
+# NamedTuples: a batch's reference data is hundreds of these, built anew for every batch.
+class ProductItem(NamedTuple):
     id: int
     reference: str
     type: str | None
     status: str
 
 
-@dataclass(frozen=True, slots=True)
-class Contract:
+class Contract(NamedTuple):
     id: int
     debtor_id: int
     site_id: int
@@ -38,8 +39,7 @@ class Contract:
         return _active(self.start_date, self.end_date, day)
 
 
-@dataclass(frozen=True, slots=True)
-class Inventory:
+class Inventory(NamedTuple):
     id: int
     site_id: int
     usage_product_id: int
@@ -140,8 +140,7 @@ class ReferenceSnapshot:
         return snapshot
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
+class Resolution(NamedTuple):  # one per valid record: a tuple is cheaper to make
     """Where a usage belongs: what the stored row carries (§4 step 4)."""
 
     product: ProductItem
@@ -153,8 +152,10 @@ def _refusal(code: ErrorCode, field: str, message: str) -> OutcomeError:
     return OutcomeError(code=code, field=field, message=message)
 
 
-def _newest(candidates: Iterable[Inventory]) -> Inventory | None:
+def _newest(candidates: list[Inventory]) -> Inventory | None:
     """Latest start_date, then highest id (§4)."""
+    if len(candidates) == 1:  # the common case
+        return candidates[0]
     return max(candidates, key=lambda c: (c.start_date, c.id), default=None)
 
 
@@ -163,7 +164,7 @@ def find_inventory(
 ) -> Inventory | None:
     """§4 step 3: the contract site's inventory record for the product, active on `day`."""
     records = snapshot.inventories_by_site_product.get((contract.site_id, product.id), ())
-    return _newest(r for r in records if r.active_on(day))
+    return _newest([r for r in records if r.active_on(day)])
 
 
 def resolve(event: UsageEvent, day: date, snapshot: ReferenceSnapshot) -> Resolution | OutcomeError:

@@ -16,7 +16,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -95,9 +95,9 @@ async def _translated_errors(action: str) -> AsyncIterator[None]:
         raise StoreRefusedData(detail) from exc
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
-    """One usage to store, in the column order of `insert_usages`."""
+class UsageRow(NamedTuple):
+    """One usage to store, in the column order of the `usage_batch` staging table: a
+    tuple, as COPY takes it."""
 
     external_reference: str
     contract_id: int
@@ -106,8 +106,8 @@ class UsageRow:
     product_item_id: int
     product_ident: str
     description: str | None
-    start_date: datetime
-    end_date: datetime
+    start_date: str  # RFC 3339 in UTC, as in the canonical payload: Postgres reads it
+    end_date: str
     operating_site: str | None
     tax_location: str | None
     performance_location: str | None
@@ -122,7 +122,7 @@ class UsageRow:
     source_offset: int
 
 
-_USAGE_COLUMNS = tuple(UsageRow.__dataclass_fields__)
+USAGE_COLUMNS: tuple[str, ...] = UsageRow._fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +296,12 @@ def compose_inventory_list(query: InventoryListQuery) -> tuple[str, list[Any]]:
     return sql, params
 
 
+async def _prepare_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Each new connection gets its staging table for `store_usages` (a session's temporary
+    table outlives the pool's reset between uses)."""
+    await conn.execute(QUERIES["prepare_usage_batch"])
+
+
 class Store:
     """Usages and reference data in Postgres."""
 
@@ -307,6 +313,7 @@ class Store:
         """A pool that connects lazily: a database that is down is retried, not fatal."""
         pool = await asyncpg.create_pool(
             url,
+            init=_prepare_connection,
             min_size=0,
             max_size=max_size,
             command_timeout=statement_timeout_s,
@@ -376,7 +383,7 @@ class Store:
         )
 
     async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
-        """Insert the rows whose external reference is new, in one statement (§6).
+        """Insert the rows whose external reference is new (§6), in one transaction.
 
         Returns, per external reference, the row that holds it now: the one just
         inserted, or the one stored before (whose hash tells duplicate from conflict).
@@ -384,20 +391,41 @@ class Store:
         """
         if not rows:
             return {}
-        columns = [list(values) for values in zip(*(_as_tuple(r) for r in rows), strict=True)]
-        async with _translated_errors("store usages"), self._pool.acquire() as conn:
-            results = await conn.fetch(QUERIES["insert_usages"], *columns)
-            missing = {
-                r["external_reference"]
-                for r in results
-                if r["stored_id"] is None and r["inserted_id"] is None
+        async with (
+            _translated_errors("store usages"),
+            self._pool.acquire() as conn,
+            conn.transaction(),
+        ):
+            # Staged by COPY (encoded in C, no array per column), then claimed and
+            # written by one INSERT ... ON CONFLICT: never "claim, then write".
+            await conn.copy_records_to_table("usage_batch", records=rows, columns=USAGE_COLUMNS)
+            inserted = {
+                r["external_reference"]: r["id"]
+                for r in await conn.fetch(QUERIES["insert_usage_batch"])
             }
-            if missing:
-                # Committed by a concurrent worker after this statement's snapshot was taken.
-                results = [r for r in results if r["external_reference"] not in missing]
-                results += await conn.fetch(QUERIES["fetch_stored_usages"], list(missing))
-        by_reference = {row.external_reference: row for row in rows}
-        stored = {r["external_reference"]: _stored(r, by_reference) for r in results}
+            held = [r.external_reference for r in rows if r.external_reference not in inserted]
+            before = await conn.fetch(QUERIES["fetch_stored_usages"], held) if held else []
+        stored = {
+            row.external_reference: StoredUsage(
+                inserted[row.external_reference],
+                True,
+                row.payload_hash,
+                row.source_topic,
+                row.source_partition,
+                row.source_offset,
+            )
+            for row in rows
+            if row.external_reference in inserted
+        }
+        for record in before:
+            stored[record["external_reference"]] = StoredUsage(
+                record["id"],
+                False,
+                record["payload_hash"],
+                record["source_topic"],
+                record["source_partition"],
+                record["source_offset"],
+            )
         if len(stored) != len(rows):
             raise StoreUnavailable("a concurrent writer hid a stored usage; the batch is retried")
         return stored
@@ -744,31 +772,6 @@ def _largest_explicit_ids(data: ReferenceFile) -> tuple[int, int, int]:
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
-
-
-def _as_tuple(row: UsageRow) -> tuple[Any, ...]:
-    return tuple(getattr(row, name) for name in _USAGE_COLUMNS)
-
-
-def _stored(record: asyncpg.Record, rows: dict[str, UsageRow]) -> StoredUsage:
-    if record["inserted_id"] is not None:
-        row = rows[record["external_reference"]]
-        return StoredUsage(
-            record["inserted_id"],
-            True,
-            row.payload_hash,
-            row.source_topic,
-            row.source_partition,
-            row.source_offset,
-        )
-    return StoredUsage(
-        record["stored_id"],
-        False,
-        record["stored_hash"],
-        record["stored_topic"],
-        record["stored_partition"],
-        record["stored_offset"],
-    )
 
 
 def _from_columns(

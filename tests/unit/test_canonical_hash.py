@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from usage_ingest.models import format_decimal
 from usage_ingest.validation import ValidEvent, canonical_payload, canonical_text, validate_record
 
 MAX_BYTES = 65536
@@ -422,3 +423,15 @@ TRICKY_TEXT = 'café ☃ "q" \\ \n\t\x01\x7f\u2028 𝄞'
 )
 def test_the_hash_of_a_known_event_never_changes(raw: dict[str, Any], expected: str) -> None:
     assert hash_of(raw) == expected
+
+
+@settings(database=None, max_examples=500)
+@given(
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).filter(
+        lambda d: abs(d.adjusted()) < 40
+    )
+)
+def test_format_decimal_writes_what_the_f_format_writes(value: Decimal) -> None:
+    """Quantities are written in the canonical text by `format_decimal`, which takes a
+    shortcut through str(): it must agree with format(value, "f") everywhere."""
+    assert format_decimal(value) == format(value, "f")

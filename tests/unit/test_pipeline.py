@@ -5,16 +5,25 @@ from __future__ import annotations
 import asyncio
 import decimal
 import json
+import random
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 import structlog
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from usage_ingest import pipeline as pipeline_module
 from usage_ingest.errors import StoreRefusedData, StoreUnavailable
-from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
+from usage_ingest.kafka import (
+    CommitRefused,
+    InputRecord,
+    OutputRecord,
+    Partition,
+    murmur2,
+    partition_for,
+)
 from usage_ingest.pipeline import DEAD_LETTER_HEADERS, Pipeline, next_offsets
 from usage_ingest.resolution import (
     Contract,
@@ -376,3 +385,14 @@ async def test_a_record_whose_decision_raises_is_refused_and_the_batch_goes_on(
     )
     assert isinstance(failed["exc_info"], decimal.InvalidOperation)
     assert pipeline.metrics.decision_failures._value.get() == 1
+
+
+def test_murmur2_is_kafkas_for_keys_of_every_length() -> None:
+    """Outcomes are keyed like the Java client's default partitioner (aiokafka's copy
+    of it is the reference); the project's faster murmur2 must never differ."""
+    rng = random.Random(7)
+    for length in range(300):
+        for _ in range(10):
+            key = rng.randbytes(length)
+            assert murmur2(key) == aiokafka_murmur2(key), key
+    assert partition_for(b"call-1", [0, 1, 2]) == (aiokafka_murmur2(b"call-1") & 0x7FFFFFFF) % 3

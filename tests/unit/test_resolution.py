@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from usage_ingest.errors import ErrorCode
-from usage_ingest.models import OutcomeError, UsageEvent
+from usage_ingest.events import UsageEvent
+from usage_ingest.models import OutcomeError
 from usage_ingest.resolution import (
     Contract,
     Inventory,
@@ -81,7 +82,11 @@ def usage(**fields: Any) -> UsageEvent:
         "endDate": "2026-11-22T10:05:00Z",
     }
     values.update(fields)
-    return UsageEvent.model_validate({k: v for k, v in values.items() if v is not None})
+    checked = validate_record(
+        json.dumps({k: v for k, v in values.items() if v is not None}).encode(), 65536
+    )
+    assert isinstance(checked, ValidEvent), checked
+    return checked.event
 
 
 def by_debtor(debtor_id: int = 3, **fields: Any) -> UsageEvent:
