@@ -35,7 +35,7 @@ from bench.workload import (
     EventStream,
     ReferenceModel,
 )
-from usage_ingest.kafka import InputRecord
+from usage_ingest.kafka import EventConsumer, InputRecord, OutputProducer, OutputRecord
 from usage_ingest.lag_command import lag_report
 from usage_ingest.pipeline import _usage_row
 from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
@@ -125,6 +125,54 @@ async def measure_consume_limit(
         for m in kept
     ]
     return ConsumeLimit(count, seconds, cpu_s), records
+
+
+async def measure_kafka_floor(env: BenchEnvironment, workload: Preloaded) -> ConsumeLimit:
+    """The worker's Kafka I/O with no work in between: the project's own consumer (in a
+    group, batches of `batch_max_records`), one outcome-sized record produced per event
+    through the project's own producer, offsets committed per batch. Its CPU per event is
+    what any worker written on aiokafka pays before validating anything."""
+    topics = Topics.named("kafkafloor", env.run)
+    await env.create_output_topics(topics)
+    settings = env.settings(dataclasses.replace(topics, events=workload.topic))
+    consumer = EventConsumer(settings, on_revoked=_ignore_revoked)
+    producer = OutputProducer(settings)
+    await producer.start()
+    await consumer.start()
+    try:
+        remaining = {(workload.topic, p): end for p, end in workload.ends.items() if end}
+        count = 0
+        started = cpu = 0.0
+        while remaining:
+            records = await consumer.fetch(settings.batch_max_records, 1000)
+            if not records:
+                continue
+            if not count:  # the clock starts at the first records, as the pipeline's does
+                started, cpu = time.monotonic(), time.process_time()
+            count += len(records)
+            failed = await producer.publish(
+                [OutputRecord(topics.accepted, r.key, _OUTCOME_SIZED) for r in records]
+            )
+            if failed:
+                raise RuntimeError(f"kafka floor: {len(failed)} records were not acknowledged")
+            offsets = {(r.topic, r.partition): r.offset + 1 for r in records}
+            await consumer.commit(offsets)
+            for tp, offset in offsets.items():
+                if offset >= remaining.get(tp, offset + 1):
+                    remaining.pop(tp)
+        seconds, cpu_s = time.monotonic() - started, time.process_time() - cpu
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return ConsumeLimit(count, seconds, cpu_s)
+
+
+# The size of a typical accepted outcome of the workload; its content costs nothing more.
+_OUTCOME_SIZED: Final = b"x" * 420
+
+
+async def _ignore_revoked(_partitions: object) -> None:
+    return None
 
 
 # --- the physical limit: raw storage ----------------------------------------------------------

@@ -35,6 +35,7 @@ from bench.measurements import (
     StorageLimit,
     build_rows,
     measure_consume_limit,
+    measure_kafka_floor,
     measure_latency,
     measure_memory,
     measure_naive,
@@ -93,6 +94,7 @@ class BenchOptions:
 class Results:
     workload: Preloaded | None = None
     consume: ConsumeLimit | None = None
+    kafka_floor: ConsumeLimit | None = None
     storage: StorageLimit | None = None
     cpu_ceiling: CpuCeiling | None = None
     pipeline: PipelineResult | None = None
@@ -202,6 +204,13 @@ async def _measure(  # noqa: PLR0915 - the run, step by step
         with clock.step("consume_limit", timings):
             results.consume, records = await measure_consume_limit(env, workload, keep=True)
         clock.say(f"limit: consumed at {results.consume.per_second:,.0f} records/s")
+        clock.say("limit: the worker's Kafka I/O alone (consume, one outcome each, commit)")
+        with clock.step("kafka_floor", timings):
+            results.kafka_floor = await measure_kafka_floor(env, workload)
+        clock.say(
+            f"limit: Kafka I/O alone {results.kafka_floor.per_second:,.0f} events/s, "
+            f"{_us_per_record(results.kafka_floor):.1f} CPU µs/event"
+        )
         with clock.step("build_rows", timings):
             rows, results.cpu_ceiling = await build_rows(env, records)
         del records
@@ -350,6 +359,10 @@ def _ratios(results: Results) -> dict[str, float | None]:
     return ratios
 
 
+def _us_per_record(measured: ConsumeLimit) -> float:
+    return 1e6 * measured.cpu_s / max(measured.records, 1)
+
+
 def _pipeline_rows_per_s(results: Results) -> float | None:
     """The pipeline's rate in stored rows per second: its events/s times the share of the
     workload's events that become a row (the storage limit stores exactly those rows)."""
@@ -469,6 +482,26 @@ def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
                 note=f"{results.consume.records:,} records, no processing",
             )
         )
+    if results.kafka_floor is not None:
+        floor = results.kafka_floor
+        rows.append(
+            Row(
+                "limit: the worker's Kafka I/O alone, CPU",
+                _us_per_record(floor),
+                "µs",
+                note=f"{floor.per_second:,.0f} events/s: its consumer, one outcome produced "
+                "per event, a commit per batch, no work; part of the worker's CPU per event",
+            )
+        )
+        if pipeline is not None:
+            rows.append(
+                Row(
+                    "pipeline: worker CPU per event beyond Kafka I/O",
+                    pipeline.drained.cpu_s_per_1k * 1000 - _us_per_record(floor),
+                    "µs",
+                    note="validation, resolution, storage, outcome encoding (same run)",
+                )
+            )
     if results.cpu_ceiling is not None:
         ceiling = results.cpu_ceiling
         per_second = ceiling.records / ceiling.validate_s
@@ -624,6 +657,8 @@ def _results_json(results: Results) -> dict[str, Any]:
         }
     if results.consume is not None:
         out["consumeLimit"] = results.consume.as_json()
+    if results.kafka_floor is not None:
+        out["kafkaFloor"] = results.kafka_floor.as_json()
     if results.storage is not None:
         out["storageLimit"] = results.storage.as_json()
     if results.cpu_ceiling is not None:
