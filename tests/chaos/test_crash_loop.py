@@ -94,6 +94,9 @@ async def test_hard_crash_loop_loses_nothing_and_counts_nothing_twice(chaos: Cha
     worker.start()
     healed = time.monotonic()
     caught_up = await wait_committed(settings, log_end(sent), within_s=120)
+    # Everything may have been committed before this run: a SIGTERM before its signal
+    # handlers are installed would end it the default way (-15), not gracefully.
+    await eventually(worker.joined, 60, "the healed worker joining its group")
     assert await worker.terminate() == 0
     verdict = await check(settings, url, sent)
     record(
