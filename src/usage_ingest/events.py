@@ -23,12 +23,13 @@ Text1000 = Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 class Location(msgspec.Struct, frozen=True, gc=False, rename="camel"):
-    """Where a usage is taxed or performed."""
+    """Where a usage is taxed or performed. The members are declared in sorted order:
+    msgspec writes them in this order, which is the canonical text's (SPEC.md §6)."""
 
-    country: str | None = None
-    region: Text255 | None = None
     city: Text255 | None = None
+    country: str | None = None
     postal_code: Text255 | None = None
+    region: Text255 | None = None
 
 
 class UnitQuantity(msgspec.Struct, frozen=True, gc=False):

@@ -90,6 +90,8 @@ def parse_date_time(value: object) -> datetime:
         value = value.upper()  # RFC 3339 allows "t" and "z"
     try:
         parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is UTC:  # "Z": nothing to convert
+            return parsed
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
         return parsed.astimezone(UTC)
@@ -115,7 +117,8 @@ def format_utc(value: datetime) -> str:
     (Not strftime: its %Y does not pad years before 1000 to four digits.)"""
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # An instant in UTC always ends "+00:00": six characters, swapped for "Z".
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 UtcDateTime = Annotated[

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-import orjson
 import structlog
 
 from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
@@ -56,7 +55,7 @@ from usage_ingest.store import StoredUsage, UsageRow
 from usage_ingest.validation import (
     InvalidEvent,
     ValidEvent,
-    properties_payload,
+    json_text,
     unit_quantities_json,
     validate_record,
 )
@@ -670,12 +669,8 @@ def _partitions(records: Iterable[InputRecord]) -> set[Partition]:
     return {(r.topic, r.partition) for r in records}
 
 
-def _json_or_none(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
 def _usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution) -> UsageRow:
-    event, payload = checked.event, checked.payload
+    event, canonical = checked.event, checked.canonical
     return UsageRow(
         external_reference=event.external_reference,
         contract_id=resolution.contract.id,
@@ -684,16 +679,14 @@ def _usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution)
         product_item_id=resolution.product.id,
         product_ident=event.product_ident,
         description=event.description,
-        start_date=payload["startDate"],
-        end_date=payload["endDate"],
+        start_date=canonical.start_date,
+        end_date=canonical.end_date,
         operating_site=event.operating_site,
-        tax_location=_json_or_none(payload["taxLocation"]),
-        performance_location=_json_or_none(payload["performanceLocation"]),
+        tax_location=json_text(event.tax_location),
+        performance_location=json_text(event.performance_location),
         service_country=event.service_country,
         unit_quantities=unit_quantities_json(event),
-        properties=None
-        if event.properties is None
-        else orjson.dumps(properties_payload(event.properties)).decode(),
+        properties=json_text(event.properties),
         billable=resolution.inventory.billable,
         payload_hash=checked.payload_hash,
         raw_payload=checked.raw,

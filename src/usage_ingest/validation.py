@@ -30,7 +30,6 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 import msgspec
-import orjson
 from pydantic import ValidationError
 
 from usage_ingest import models
@@ -66,7 +65,7 @@ class ValidEvent(NamedTuple):
     payload_hash: str
     usage_date: date
     warnings: tuple[OutcomeWarning, ...]
-    payload: dict[str, Any]  # the canonical payload the hash is taken of (§6)
+    canonical: CanonicalEvent  # what the hash is taken of (§6)
 
 
 class InvalidEvent(NamedTuple):
@@ -252,7 +251,12 @@ def _event_from_model(model: models.UsageEvent) -> UsageEvent:
 def _location_from_model(location: models.Location | None) -> Location | None:
     if location is None:
         return None
-    return Location(location.country, location.region, location.city, location.postal_code)
+    return Location(
+        city=location.city,
+        country=location.country,
+        postal_code=location.postal_code,
+        region=location.region,
+    )
 
 
 # --- what both paths share -------------------------------------------------------------
@@ -260,14 +264,14 @@ def _location_from_model(location: models.Location | None) -> Location | None:
 
 def _valid(event: UsageEvent, text: str) -> ValidEvent:
     event = apply_defaults(event)
-    payload = canonical_payload(event)
+    canonical = canonical_event(event)
     return ValidEvent(
         event=event,
         raw=text,
-        payload_hash=payload_hash(payload),
+        payload_hash=payload_hash(canonical),
         usage_date=event.start_date.date(),
         warnings=_warnings(event),
-        payload=payload,
+        canonical=canonical,
     )
 
 
@@ -328,76 +332,95 @@ def _warnings(event: UsageEvent) -> tuple[OutcomeWarning, ...]:
     )
 
 
-def canonical_payload(event: UsageEvent) -> dict[str, Any]:
+class CanonicalQuantity(msgspec.Struct, frozen=True, gc=False):
+    quantity: str  # plain positional notation (`format_decimal`), never an exponent
+    unit: str
+
+
+class CanonicalEvent(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     """The validated event in normal form (§6): UTC dates, plain decimals, defaults
     applied, unknown fields dropped, list items in a fixed order, every field present.
-    Keys are written in sorted order, so the text needs no sorting pass.
+
+    Its compact JSON is the canonical text the hash is taken of. msgspec writes members
+    in the order declared, so they are declared in the sorted order of their JSON names
+    (as `Location`'s and `UsageProperty`'s are), and the text needs no sorting pass.
 
     Two fields say nothing beyond the rest once defaults are applied, so they are
     left out of the identity: debtorId when contractId is given (it is ignored, §3),
     and the deprecated serviceCountry (its only effect is the locations it filled in).
     """
+
+    contract_id: int | None
+    debtor_id: int | None
+    description: str | None
+    end_date: str
+    external_reference: str
+    operating_site: str | None
+    performance_location: Location | None
+    product_ident: str
+    properties: tuple[UsageProperty, ...] | None
+    service_country: None
+    start_date: str
+    tax_location: Location | None
+    unit_quantities: tuple[CanonicalQuantity, ...] | None
+
+
+def canonical_event(event: UsageEvent) -> CanonicalEvent:
     quantities, properties = event.unit_quantities, event.properties
-    return {
-        "contractId": event.contract_id,
-        "debtorId": event.debtor_id if event.contract_id is None else None,
-        "description": event.description,
-        "endDate": format_utc(event.end_date),
-        "externalReference": event.external_reference,
-        "operatingSite": event.operating_site,
-        "performanceLocation": location_payload(event.performance_location),
-        "productIdent": event.product_ident,
-        "properties": None if properties is None else _sorted_by_name(properties),
-        "serviceCountry": None,
-        "startDate": format_utc(event.start_date),
-        "taxLocation": location_payload(event.tax_location),
-        "unitQuantities": None if quantities is None else _sorted_by_unit(quantities),
-    }
+    return CanonicalEvent(
+        event.contract_id,
+        event.debtor_id if event.contract_id is None else None,
+        event.description,
+        format_utc(event.end_date),
+        event.external_reference,
+        event.operating_site,
+        event.performance_location,
+        event.product_ident,
+        None if properties is None else _sorted_by_name(properties),
+        None,
+        format_utc(event.start_date),
+        event.tax_location,
+        None if quantities is None else _sorted_by_unit(quantities),
+    )
 
 
-def _sorted_by_unit(quantities: tuple[UnitQuantity, ...]) -> list[dict[str, str]]:
+def _sorted_by_unit(quantities: tuple[UnitQuantity, ...]) -> tuple[CanonicalQuantity, ...]:
     if len(quantities) > 1:
         quantities = tuple(sorted(quantities, key=attrgetter("unit")))
-    return [{"quantity": format_decimal(q.quantity), "unit": q.unit} for q in quantities]
+    return tuple([CanonicalQuantity(format_decimal(q.quantity), q.unit) for q in quantities])
 
 
-def _sorted_by_name(properties: tuple[UsageProperty, ...]) -> list[dict[str, str]]:
+def _sorted_by_name(properties: tuple[UsageProperty, ...]) -> tuple[UsageProperty, ...]:
     if len(properties) > 1:
-        properties = tuple(sorted(properties, key=attrgetter("name")))
-    return properties_payload(properties)
+        return tuple(sorted(properties, key=attrgetter("name")))
+    return properties
 
 
-def location_payload(location: Location | None) -> dict[str, str | None] | None:
-    """A location as JSON, every member present, in sorted order."""
-    if location is None:
-        return None
-    return {
-        "city": location.city,
-        "country": location.country,
-        "postalCode": location.postal_code,
-        "region": location.region,
-    }
+def canonical_payload(event: UsageEvent) -> dict[str, Any]:
+    """The canonical event as plain JSON values (lists, dicts, strings). The canonical
+    text is `json.dumps` of this with sorted keys and no spaces: a test holds that."""
+    payload: dict[str, Any] = json.loads(canonical_text(event))
+    return payload
 
 
-def properties_payload(properties: tuple[UsageProperty, ...]) -> list[dict[str, str]]:
-    return [{"name": p.name, "value": p.value} for p in properties]
+# Writes exactly what `json.dumps(payload, sort_keys=True, separators=(",", ":"),
+# ensure_ascii=False)` writes for the canonical payload (same escapes, no spaces).
+_JSON = msgspec.json.Encoder()
 
 
 def canonical_text(event: UsageEvent) -> bytes:
-    return _text_of(canonical_payload(event))
+    return _JSON.encode(canonical_event(event))
 
 
-def _text_of(payload: dict[str, Any]) -> bytes:
-    """The canonical payload as compact UTF-8 JSON with sorted keys: byte for byte what
-    `json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
-    writes (a test holds the two equal), at a tenth of the cost."""
-    return orjson.dumps(payload)
-
-
-def payload_hash(payload: dict[str, Any]) -> str:
+def payload_hash(canonical: CanonicalEvent) -> str:
     """sha256 over the canonical text. Stored with every usage: it must never change
     for the same usage, or a re-delivery after an upgrade would look like a conflict."""
-    return hashlib.sha256(_text_of(payload)).hexdigest()
+    return hashlib.sha256(_JSON.encode(canonical)).hexdigest()
+
+
+def json_text(value: msgspec.Struct | tuple[msgspec.Struct, ...] | None) -> str | None:
+    """A location or list of properties as the text of its jsonb column."""
+    return None if value is None else _JSON.encode(value).decode()
 
 
 def unit_quantities_json(event: UsageEvent) -> str | None:
