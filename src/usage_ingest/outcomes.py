@@ -2,8 +2,9 @@
 
 `models.Outcome` is the message's published schema (`schemas/outcome.schema.json`);
 building a pydantic model per record to write it cost more than the rest of the
-outcome, so it is written here from plain dicts by orjson, with the same members in
-the same order. A test holds every message written here valid against the model.
+outcome, so it is written here by msgspec from plain structs, with the same members in
+the same order. A test holds every message written here byte for byte what the model
+writes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
-import orjson
+import msgspec
 
 from usage_ingest.models import OutcomeError, OutcomeWarning
 
@@ -34,24 +35,56 @@ def record_instant(timestamp_ms: int) -> str:
     return instant(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
 
 
-def source(topic: str, partition: int, offset: int, timestamp_ms: int) -> dict[str, Any]:
+class Source(msgspec.Struct, frozen=True, gc=False):
     """Where the record came from: the same record always has the same source."""
-    return {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "timestamp": record_instant(timestamp_ms) if timestamp_ms >= 0 else None,
-    }
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: str | None
 
 
-def _problem(item: OutcomeError | OutcomeWarning) -> dict[str, Any]:
-    return {"code": item.code.value, "field": item.field, "message": item.message}
+def source(topic: str, partition: int, offset: int, timestamp_ms: int) -> Source:
+    return Source(
+        topic, partition, offset, record_instant(timestamp_ms) if timestamp_ms >= 0 else None
+    )
+
+
+class _Problem(msgspec.Struct, frozen=True, gc=False):
+    code: str
+    field: str | None
+    message: str
+
+
+class _Outcome(msgspec.Struct, frozen=True, gc=False, rename="camel"):
+    """The members of `models.Outcome`, in its order."""
+
+    status: Status
+    external_reference: str | None
+    usage_id: int | None
+    contract_id: int | None
+    debtor_id: int | None
+    inventory_id: int | None
+    product_ident: str | None
+    billable: bool | None
+    errors: list[_Problem]
+    retryable: bool | None
+    warnings: list[_Problem]
+    source: Source
+    processed_at: str
+
+
+def _problem(item: OutcomeError | OutcomeWarning) -> _Problem:
+    return _Problem(item.code.value, item.field, item.message)
+
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def outcome_json(
     status: Status,
     external_reference: str | None,
-    source: dict[str, Any],
+    source: Source,
     processed_at: str,
     *,
     usage_id: int | None = None,
@@ -64,20 +97,20 @@ def outcome_json(
     warnings: Sequence[OutcomeWarning] = (),
 ) -> bytes:
     """One outcome message; `retryable` is worked out from the errors (§5)."""
-    return orjson.dumps(
-        {
-            "status": status,
-            "externalReference": external_reference,
-            "usageId": usage_id,
-            "contractId": contract_id,
-            "debtorId": debtor_id,
-            "inventoryId": inventory_id,
-            "productIdent": product_ident,
-            "billable": billable,
-            "errors": [_problem(e) for e in errors],
-            "retryable": all(e.code.retryable for e in errors) if errors else None,
-            "warnings": [_problem(w) for w in warnings],
-            "source": source,
-            "processedAt": processed_at,
-        }
+    return _ENCODER.encode(
+        _Outcome(
+            status,
+            external_reference,
+            usage_id,
+            contract_id,
+            debtor_id,
+            inventory_id,
+            product_ident,
+            billable,
+            [_problem(e) for e in errors],
+            all(e.code.retryable for e in errors) if errors else None,
+            [_problem(w) for w in warnings],
+            source,
+            processed_at,
+        )
     )

@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -562,30 +562,39 @@ class Pipeline:
         could be read, by the input key) on the accepted or rejected topic."""
         record, checked, resolution = verdict.record, verdict.checked, verdict.resolution
         status, errors, reference = verdict.status, verdict.errors, verdict.reference
-        fields: dict[str, Any] = {}
-        if isinstance(checked, ValidEvent):
+        where = source(record.topic, record.partition, record.offset, record.timestamp_ms)
+        if not isinstance(checked, ValidEvent):
+            value = outcome_json(status, reference, where, processed_at, errors=errors)
+        elif resolution is None:
             event = checked.event
-            fields["product_ident"] = event.product_ident
-            fields["contract_id"] = event.contract_id
-            fields["debtor_id"] = event.debtor_id if event.contract_id is None else None
-            fields["warnings"] = checked.warnings
-        if resolution is not None:
-            fields["contract_id"] = resolution.contract.id
-            fields["debtor_id"] = resolution.contract.debtor_id
-            fields["inventory_id"] = resolution.inventory.id
-        if status != REJECTED:
-            assert verdict.stored is not None
-            assert resolution is not None
-            fields["usage_id"] = verdict.stored.usage_id
-            fields["billable"] = resolution.inventory.billable
-        value = outcome_json(
-            status,
-            reference,
-            source(record.topic, record.partition, record.offset, record.timestamp_ms),
-            processed_at,
-            errors=errors,
-            **fields,
-        )
+            value = outcome_json(
+                status,
+                reference,
+                where,
+                processed_at,
+                contract_id=event.contract_id,
+                debtor_id=event.debtor_id if event.contract_id is None else None,
+                product_ident=event.product_ident,
+                errors=errors,
+                warnings=checked.warnings,
+            )
+        else:
+            contract, inventory = resolution.contract, resolution.inventory
+            stored = verdict.stored
+            value = outcome_json(
+                status,
+                reference,
+                where,
+                processed_at,
+                usage_id=None if stored is None or errors else stored.usage_id,
+                contract_id=contract.id,
+                debtor_id=contract.debtor_id,
+                inventory_id=inventory.id,
+                product_ident=checked.event.product_ident,
+                billable=None if errors else inventory.billable,
+                errors=errors,
+                warnings=checked.warnings,
+            )
         if status == REJECTED:
             key = reference.encode() if reference else record.key
             return OutputRecord(self._settings.topic_rejected, key, value)
