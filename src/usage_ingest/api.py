@@ -32,6 +32,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 import jsonpatch
 import jsonpointer
+import orjson
 import structlog
 import uvicorn
 from fastapi import Body, FastAPI, Path, Query, Request, Response, Security
@@ -77,6 +78,7 @@ from usage_ingest.errors import (
     ErrorCode,
     OverlappingProductReference,
     ReferenceDataConflict,
+    StatementTimedOut,
     StoreUnavailable,
     UnknownReferencedRecord,
 )
@@ -103,6 +105,15 @@ from usage_ingest.reference_data import (
     ProductReferenceIn,
     SingleLine,
 )
+from usage_ingest.request_limits import (
+    MAX_IN_VALUES,
+    MAX_JSON_DEPTH,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    MAX_PATCH_OPERATIONS,
+    MAX_PATCHED_DOCUMENT_BYTES,
+    filter_count_problems,
+)
 from usage_ingest.settings import Settings
 from usage_ingest.store import (
     INVENTORY_FILTER_KINDS,
@@ -117,10 +128,6 @@ from usage_ingest.validation import InvalidEvent, validate_record
 
 log = structlog.get_logger("usage_ingest.api")
 
-MAX_PAGE_SIZE = 1000
-MAX_PAGE = 1_000_000_000_000
-MAX_IN_VALUES = 1000
-MAX_JSON_DEPTH = 32
 _KEY_ID_SCOPE = "usage_ingest.api_key_id"
 _PERMISSION = "x-required-permission"
 _PATCH_MEDIA_TYPE = "application/json-patch+json"
@@ -158,6 +165,7 @@ class ApiErrorCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    STATEMENT_TIMEOUT = "STATEMENT_TIMEOUT"
     BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
 
 
@@ -688,6 +696,13 @@ def parse_list_query(
             errors.append(_parameter_error(name, "is not a parameter of this endpoint"))
         elif name in _LIST_PARAMETERS and count > 1:
             errors.append(_parameter_error(name, "is given more than once"))
+    too_many = filter_count_problems(counts, INVENTORY_FILTER_KINDS)
+    if too_many:  # refused before any filter is parsed
+        errors += [
+            ApiErrorItem(code=ApiErrorCode.INVALID_PARAMETER, field=field, message=message)
+            for field, message in too_many
+        ]
+        raise ApiError(400, errors)
     sort_keys = parse_sort(sort, errors)
     projection = parse_fields(fields, errors)
     parsed = []
@@ -726,6 +741,7 @@ def apply_patch(
         where = f"operation {index} ({raw['op']} {raw['path']!r})"
         try:
             document = jsonpatch.JsonPatch([raw]).apply(document, in_place=True)
+            size = len(orjson.dumps(document))
         except jsonpatch.JsonPatchTestFailed as exc:
             raise ApiError.one(
                 400, ApiErrorCode.PATCH_TEST_FAILED, f"{where}: {exc}", field=str(index)
@@ -740,6 +756,14 @@ def apply_patch(
             raise ApiError.one(
                 400, ApiErrorCode.PATCH_FAILED, f"{where}: {exc}", field=str(index)
             ) from exc
+        if size > MAX_PATCHED_DOCUMENT_BYTES:  # before the next operation copies it again
+            raise ApiError.one(
+                400,
+                ApiErrorCode.PATCH_FAILED,
+                f"{where}: the record would grow to {size} bytes; "
+                f"at most {MAX_PATCHED_DOCUMENT_BYTES} are kept",
+                field=str(index),
+            )
     try:
         patched = UsageProductInventoryInput.model_validate(document)
     except ValidationError as exc:
@@ -1041,14 +1065,15 @@ _DESCRIPTIONS = {
     415: "Wrong Content-Type.",
     500: "Unexpected failure (logged; no details are returned).",
     503: "The database or the broker is unavailable; try again later.",
+    504: "The request's database work ran past its budget and was cancelled.",
 }
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]}
-        for status in (*statuses, 500)
-    }
+    """The error answers of a route; one that may reach the database (503) may also
+    run past the statement budget (504)."""
+    every = (*statuses, 500, *((504,) if 503 in statuses else ()))  # noqa: PLR2004
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in every}
 
 
 def _needs(permission: Permission) -> dict[str, Any]:
@@ -1232,11 +1257,15 @@ def _inventory_routes(router: APIRouter, store: Store) -> None:
     )
     async def patch_inventory(
         inventory_id: Annotated[int, _id_path()],
-        operations: Annotated[list[PatchOperation], Body(media_type=_PATCH_MEDIA_TYPE)],
+        operations: Annotated[
+            list[PatchOperation],
+            Body(media_type=_PATCH_MEDIA_TYPE, max_length=MAX_PATCH_OPERATIONS),
+        ],
     ) -> JSONResponse:
         try:
+            # In a thread: even within its bounds, a patch may copy a megabyte several times.
             record = await store.patch_inventory(
-                inventory_id, lambda current: apply_patch(current, operations)
+                inventory_id, lambda current: asyncio.to_thread(apply_patch, current, operations)
             )
         except ReferenceDataConflict as exc:
             raise _conflict(exc) from exc
@@ -1453,7 +1482,17 @@ def _install_error_handlers(app: FastAPI) -> None:
         item = ApiErrorItem(code=code, message=f"{message}; try again later")
         return _error_response(503, [item], {"Retry-After": "5"})
 
+    async def on_statement_timeout(request: Request, exc: Exception) -> Response:
+        log.warning("api_statement_timed_out", error=str(exc), path=request.url.path)
+        item = ApiErrorItem(
+            code=ApiErrorCode.STATEMENT_TIMEOUT,
+            message="the request's database work ran past its budget and was cancelled; "
+            "narrow the query (fewer or more selective filters) rather than repeating it",
+        )
+        return _error_response(504, [item])
+
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(StatementTimedOut, on_statement_timeout)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(DependencyUnavailable, on_unavailable)
 
@@ -1522,7 +1561,7 @@ def _listen(host: str, port: int) -> socket.socket:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the API until `stop` is set; then finish the requests in flight and close."""
     sock = _listen(settings.api_host, settings.api_port)
-    store = await open_store(settings)
+    store = await open_store(settings, statement_budget_s=settings.api_statement_budget_s)
     producer = OnDemandProducer(settings)
     try:
         try:

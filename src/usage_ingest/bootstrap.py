@@ -31,11 +31,12 @@ log = structlog.get_logger("usage_ingest.worker")
 READINESS_TIMEOUT_S = 2.0
 
 
-async def open_store(settings: Settings) -> Store:
+async def open_store(settings: Settings, *, statement_budget_s: float | None = None) -> Store:
     return await Store.open(
         settings.require_database_url(),
         max_size=settings.db_pool_max_size,
         statement_timeout_s=settings.db_statement_timeout_s,
+        statement_budget_s=statement_budget_s,
     )
 
 

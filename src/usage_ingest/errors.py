@@ -39,6 +39,11 @@ class StoreUnavailable(DependencyUnavailable):
     """The database is unreachable or refused the transaction; it will be retried."""
 
 
+class StatementTimedOut(StoreUnavailable):
+    """Postgres cancelled a statement that ran past its time budget. The worker retries
+    it like any outage (a lock may have held it); the API answers it as what it is."""
+
+
 class BrokerUnavailable(DependencyUnavailable):
     """The Kafka broker is unreachable or did not acknowledge; it will be retried."""
 

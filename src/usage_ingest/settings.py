@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         description="Largest HTTP request body accepted (larger: 413).",
     )
+    api_statement_budget_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="Longest a statement of one API request may run (then 504 STATEMENT_TIMEOUT).",
+    )
     api_publish_timeout_s: float = Field(
         default=10.0,
         gt=0,

@@ -8,8 +8,9 @@ Driver errors leave this module as the project's own: `StoreUnavailable`
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -24,6 +25,7 @@ from usage_ingest.errors import (
     DuplicateRecord,
     OverlappingProductReference,
     ReferenceDataError,
+    StatementTimedOut,
     StoreRefusedData,
     StoreUnavailable,
     UnknownReferencedRecord,
@@ -90,6 +92,9 @@ async def _translated_errors(action: str) -> AsyncIterator[None]:
         yield
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         detail = f"{action}: {type(exc).__name__}: {exc}".strip()
+        # 57014 is also an operator's pg_cancel_backend: only its own budget is a timeout.
+        if isinstance(exc, asyncpg.QueryCanceledError) and "statement timeout" in str(exc):
+            raise StatementTimedOut(detail) from exc
         if _is_transient(exc):
             raise StoreUnavailable(detail) from exc
         raise StoreRefusedData(detail) from exc
@@ -269,7 +274,8 @@ def compose_inventory_list(query: InventoryListQuery) -> tuple[str, list[Any]]:
     ends the order, so pages are stable.
     """
     params: list[Any] = [query.limit, query.offset]
-    conditions = []
+    conditions: list[str] = []
+    on_one_reference: list[str] = []  # conditions on one product reference
     for item in query.filters:
         if item.field not in _INVENTORY_FILTERS:
             raise ValueError(f"{item.field!r} cannot be filtered on")
@@ -278,9 +284,11 @@ def compose_inventory_list(query: InventoryListQuery) -> tuple[str, list[Any]]:
             raise ValueError(f"{item.field!r} cannot be filtered with {item.op}")
         params.append(list(item.value) if isinstance(item.value, tuple) else item.value)
         condition = _CONDITIONS[item.op].format(column=column, n=len(params))
-        if on_references:
-            condition = _ON_PRODUCT_REFERENCES.format(condition=condition)
-        conditions.append(condition)
+        (on_one_reference if on_references else conditions).append(condition)
+    if on_one_reference:
+        # One EXISTS for them all: one pass over each record's references, not one per
+        # filter, and every condition holds for the same reference (its number and label).
+        conditions.append(_ON_PRODUCT_REFERENCES.format(condition=" AND ".join(on_one_reference)))
     order = []
     for name, descending in query.sort:
         if name not in INVENTORY_SORT_COLUMNS:
@@ -309,15 +317,30 @@ class Store:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, *, max_size: int = 4, statement_timeout_s: float = 30.0) -> Store:
-        """A pool that connects lazily: a database that is down is retried, not fatal."""
+    async def open(
+        cls,
+        url: str,
+        *,
+        max_size: int = 4,
+        statement_timeout_s: float = 30.0,
+        statement_budget_s: float | None = None,
+    ) -> Store:
+        """A pool that connects lazily: a database that is down is retried, not fatal.
+
+        `statement_timeout_s` is how long the client waits for a statement; with a
+        `statement_budget_s`, Postgres itself cancels a statement that runs longer
+        (`StatementTimedOut`), before the client would give up on the connection."""
+        server_settings = {"application_name": "usage-ingest", "jit": "off"}
+        if statement_budget_s is not None:
+            server_settings["statement_timeout"] = str(math.ceil(statement_budget_s * 1000))
+            statement_timeout_s = max(statement_timeout_s, statement_budget_s + 1)
         pool = await asyncpg.create_pool(
             url,
             init=_prepare_connection,
             min_size=0,
             max_size=max_size,
             command_timeout=statement_timeout_s,
-            server_settings={"application_name": "usage-ingest", "jit": "off"},
+            server_settings=server_settings,
         )
         return cls(pool)
 
@@ -516,7 +539,7 @@ class Store:
             return await _inventory_json(conn, inventory_id)
 
     async def patch_inventory(
-        self, inventory_id: int, change: Callable[[dict[str, Any]], InventoryIn]
+        self, inventory_id: int, change: Callable[[dict[str, Any]], Awaitable[InventoryIn]]
     ) -> dict[str, Any] | None:
         """Replace a record by `change(its JSON form)`, atomically; None when it does not
         exist. Whatever `change` raises propagates and nothing is written; so do the
@@ -530,7 +553,8 @@ class Store:
             rows = await conn.fetch(QUERIES["fetch_inventories"], [inventory_id])
             if not rows:
                 return None
-            changed = change(json.loads(rows[0]["record"])).model_copy(update={"id": inventory_id})
+            changed = await change(json.loads(rows[0]["record"]))
+            changed = changed.model_copy(update={"id": inventory_id})
             await _write_inventory(conn, changed, inventory_id)
             return await _inventory_json(conn, inventory_id)
 

@@ -97,7 +97,7 @@ async def open_world(
 ) -> tuple[ApiWorld, OutputProducer]:
     settings = make_settings(kafka_bootstrap, database_url, **overrides)
     await create_topics(settings)
-    store = await Store.open(database_url)
+    store = await Store.open(database_url, statement_budget_s=settings.api_statement_budget_s)
     producer = OutputProducer(settings)
     await producer.start()
     registry = CollectorRegistry()

@@ -164,6 +164,10 @@ async def test_fields_projection(seeded: Seeded) -> None:
         ("serviceId=x' OR '1'='1", set()),
         ("label=like:%", set()),
         ("label=like:_", set()),
+        # The product-reference filters hold for one and the same reference.
+        ("productReference=441000000004&label=like:backup", {"three"}),
+        ("productReference=441000000003&label=like:backup", set()),
+        ("productReference=like:4410000&label=like:line&label=like:main", {"one"}),
     ],
 )
 async def test_filters(seeded: Seeded, filters: str, expected: set[str]) -> None:
@@ -205,9 +209,11 @@ async def test_filters_and_paging_together(seeded: Seeded) -> None:
         ("page=1&pageSize=10&label=like:", "label"),
         ("page=1&pageSize=10&serviceId=%00", "serviceId"),
         ("page=1&pageSize=10&siteID=1", "siteID"),
+        ("page=1&pageSize=10" + "&label=like:a" * 11, "label"),
+        ("page=1&pageSize=10" + "&siteId=1" * 10 + "&label=like:a" * 10 + "&serviceId=x", None),
     ],
 )
-async def test_malformed_query_is_400(seeded: Seeded, query: str, field: str) -> None:
+async def test_malformed_query_is_400(seeded: Seeded, query: str, field: str | None) -> None:
     response = await seeded.get(query, status=400)
     errors = response.json()["errors"]
     assert [(e["code"], e["field"]) for e in errors] == [("INVALID_PARAMETER", field)]
