@@ -78,11 +78,29 @@ def migration_files() -> list[Path]:
     return sorted(p for p in SQL_DIR.iterdir() if MIGRATION_FILE.match(p.name))
 
 
+# What the driver raises: the server's errors, and its own about the connection. An
+# InternalClientError ("cannot switch to state 15; another operation (2) is in progress",
+# asyncpg issue #784) leaves one connection unusable: the pool closes it, and the work is
+# retried on another, like any lost connection.
+_DRIVER_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES
     return isinstance(
-        exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.PostgresConnectionError
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InternalClientError,
     )
 
 
@@ -90,7 +108,7 @@ def _is_transient(exc: BaseException) -> bool:
 async def _translated_errors(action: str) -> AsyncIterator[None]:
     try:
         yield
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except _DRIVER_ERRORS as exc:
         detail = f"{action}: {type(exc).__name__}: {exc}".strip()
         # 57014 is also an operator's pg_cancel_backend: only its own budget is a timeout.
         if isinstance(exc, asyncpg.QueryCanceledError) and "statement timeout" in str(exc):

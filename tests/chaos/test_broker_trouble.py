@@ -73,11 +73,13 @@ async def test_broker_connections_dropped_and_stalled_past_the_session_timeout(
         await eventually(lambda: stored_at_least(resumed_at + 500), 60, "progress after the cut")
         proxy.stall(new_too=False)
         stalled_since = time.monotonic()
-        stalled_at = await count_usages(url)
         rival = chaos.worker(settings, "rival")
         rival.start()
-        # The rival can only store once the group gave it the silent worker's partitions.
-        await eventually(lambda: stored_at_least(stalled_at + 500), 60, "the rival taking over")
+        # The rival gets partitions only once the silent worker's session has expired; what
+        # is stored before that may be the silent worker's batches already past the broker.
+        await eventually(rival.joined, 60, "the rival joining the group")
+        joined_at = await count_usages(url)
+        await eventually(lambda: stored_at_least(joined_at + 500), 60, "the rival taking over")
         assert worker.running, worker.output()[-3000:]
         proxy.heal()
         healed = time.monotonic()

@@ -10,11 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 import structlog
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from usage_ingest import pipeline as pipeline_module
+from usage_ingest import store as store_module
 from usage_ingest.errors import StoreRefusedData, StoreUnavailable
 from usage_ingest.kafka import (
     CommitRefused,
@@ -396,3 +398,22 @@ def test_murmur2_is_kafkas_for_keys_of_every_length() -> None:
             key = rng.randbytes(length)
             assert murmur2(key) == aiokafka_murmur2(key), key
     assert partition_for(b"call-1", [0, 1, 2]) == (aiokafka_murmur2(b"call-1") & 0x7FFFFFFF) % 3
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (ConnectionResetError("reset by peer"), StoreUnavailable),
+        (asyncpg.InternalClientError("cannot switch to state 15"), StoreUnavailable),
+        (asyncpg.SerializationError("could not serialize"), StoreUnavailable),
+        (asyncpg.NumericValueOutOfRangeError("out of range"), StoreRefusedData),
+    ],
+)
+async def test_driver_errors_leave_the_store_as_the_projects_own(
+    raised: Exception, expected: type[Exception]
+) -> None:
+    """What the pipeline retries (the database away, or one connection broken) against
+    what it isolates row by row (a value refused)."""
+    with pytest.raises(expected):
+        async with store_module._translated_errors("store usages"):
+            raise raised
