@@ -313,6 +313,10 @@ class EventConsumer:
         """Whether a broker answers a metadata request now (for readiness)."""
         # aiokafka offers no public handle on the consumer's client connection.
         client = self._consumer._client
+        if not client.cluster.brokers():
+            # Not connected yet (the consumer is starting): asking now would only log
+            # aiokafka's ERROR "Unable to update metadata from []" at every start.
+            return False
         try:
             await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
         except (KafkaError, TimeoutError, OSError):

@@ -28,6 +28,7 @@ from tests.integration.conftest import (
 )
 from usage_ingest.bootstrap import open_store
 from usage_ingest.embedded import free_port
+from usage_ingest.errors import ExitCode
 from usage_ingest.reference_data import read_reference_file
 from usage_ingest.settings import Settings
 
@@ -171,7 +172,7 @@ def test_run_with_a_bad_setting_fails_with_one_line(
     env: dict[str, str], args: list[str], named: str
 ) -> None:
     result = cli(["run", *args], user_env(**{"database_url": UNREACHABLE_DB, **env}))
-    assert result.returncode != 0
+    assert result.returncode == ExitCode.USAGE
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
     assert named in lines[0]
@@ -180,11 +181,52 @@ def test_run_with_a_bad_setting_fails_with_one_line(
 
 def test_run_without_a_database_url_says_so_in_one_line() -> None:
     result = cli(["run"], user_env())
-    assert result.returncode != 0
+    assert result.returncode == ExitCode.USAGE
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
     assert "USAGE_INGEST_DATABASE_URL" in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["replay", "--code", "SCHEMA_VIOLATION"], "replay: SCHEMA_VIOLATION is not retryable"),
+        (["replay", "--offset", "3"], "replay: --offset needs --partition"),
+        (["run", "--no-such-flag"], "run: No such option"),
+        (["no-such-command"], "No such command"),
+        (["lag", "--watch", "0.1"], "lag: Invalid value for '--watch'"),
+    ],
+)
+def test_a_wrong_command_line_is_one_line_and_exit_2(args: list[str], named: str) -> None:
+    result = cli(args, user_env(database_url=UNREACHABLE_DB))
+    assert result.returncode == ExitCode.USAGE, result.stderr
+    [line] = stderr_lines(result)
+    assert line.startswith("usage-ingest: ")
+    assert named in line, line
+    assert "Usage:" not in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_ctrl_c_in_lag_watch_exits_130_without_aborted(settings: Settings, tmp_path: Path) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    with background(["lag", "--watch", "0.5"], settings_env(settings), out, err) as proc:
+        wait_for(out.read_bytes, "a lag report", 30, proc)
+        code, _ = exit_code_after(proc, signal.SIGINT, within=10)
+    assert code == ExitCode.INTERRUPTED, err.read_text()
+    assert "Aborted" not in err.read_text()
+
+
+def test_help_shows_each_settings_type_and_default() -> None:
+    text = " ".join(cli(["run", "--help"], user_env()).stdout.split())
+    assert "--batch-max-records INTEGER Records per batch." in text
+    assert "default: 1000]" in text
+    assert "--db-statement-timeout-s NUMBER" in text
+    assert "--database-url TEXT" in text
+    dev = cli(["dev", "--help"], user_env()).stdout
+    assert "--kafka-port" in dev
+    assert "--database-url" not in dev  # dev starts its own broker and database
+    assert "--kafka-bootstrap-servers" not in dev
 
 
 # --- run, then a stop signal ---------------------------------------------------------------
@@ -238,6 +280,11 @@ async def test_run_processes_then_stops_cleanly_on_signal(
     assert code == 0, stderr
     assert took < 10, f"took {took:.1f} s to stop"
     assert "Traceback" not in stderr
+    # A clean start and stop logs no error (aiokafka's "Unable to update metadata from []"
+    # at every start taught operators to ignore errors).
+    logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert logged, stderr
+    assert [e for e in logged if str(e.get("level")).lower() == "error"] == []
     assert await committed_offsets(settings) == {0: None, 1: log_end, 2: None}
 
 
