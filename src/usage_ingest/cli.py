@@ -15,15 +15,15 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from pydantic import ValidationError
 
 from usage_ingest.api_keys import Permission
-from usage_ingest.errors import ReferenceDataError, UsageIngestError
+from usage_ingest.errors import ExitCode, ReferenceDataError, UsageIngestError
 from usage_ingest.logs import configure_logging
-from usage_ingest.settings import ENV_PREFIX, Settings
+from usage_ingest.settings import ENV_PREFIX, Settings, default_text, value_kind
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +46,15 @@ def _setting_error_line(exc: ValidationError) -> str:
 
 def settings_options(command: F) -> F:
     """Add a flag for every setting; the command receives `settings: Settings`."""
+    return _with_settings(command, frozenset())
+
+
+def settings_options_but(*names: str) -> Callable[[F], F]:
+    """`settings_options` without the flags of `names`, which mean nothing to the command."""
+    return lambda command: _with_settings(command, frozenset(names))
+
+
+def _with_settings(command: F, without: frozenset[str]) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -57,36 +66,43 @@ def settings_options(command: F) -> F:
         try:
             settings = Settings(**overrides)
         except ValidationError as exc:
-            _fail(_setting_error_line(exc), code=2)
+            _fail(_setting_error_line(exc), code=ExitCode.USAGE)
         configure_logging(settings.log_level, settings.log_format)
         try:
             return command(*args, settings=settings, **kwargs)
         except UsageIngestError as exc:
-            _fail(str(exc))
+            _fail(str(exc), code=exc.exit_code)
 
     for name, info in reversed(Settings.model_fields.items()):
+        if name in without:
+            continue
         env = ENV_PREFIX + name.upper()
+        default = default_text(name)
+        # The value is left as text for the settings model to check (its one line names
+        # the variable and the flag); the help shows what it must be and its default.
         wrapper = click.option(
             _flag(name),
             name,
             default=None,
+            metavar=value_kind(name),
             show_envvar=False,
-            help=f"{info.description or ''} [env {env}]",
+            help=f"{info.description or ''} [env {env}"
+            + (f"; default: {default}]" if default is not None else "]"),
         )(wrapper)
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: ExitCode = ExitCode.FAILED) -> NoReturn:
     click.echo(f"usage-ingest: {message}", err=True)
     sys.exit(code)
 
 
 def run_async(main: Coroutine[Any, Any, Any]) -> Any:
-    """Run a coroutine; the project's errors become one line and exit code 1."""
+    """Run a coroutine; the project's errors become one line and their exit code."""
     try:
         return asyncio.run(main)
     except UsageIngestError as exc:
-        _fail(str(exc))
+        _fail(str(exc), code=exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - logged with its traceback where it happened
         _fail(f"stopped by an unexpected error: {type(exc).__name__}: {exc}")
 
@@ -100,7 +116,7 @@ def with_stop_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]])
 
         def on_signal() -> None:
             if stop.is_set():
-                _fail("second signal: exiting without waiting", code=130)
+                _fail("second signal: exiting without waiting", code=ExitCode.INTERRUPTED)
             stop.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,7 +126,29 @@ def with_stop_signals(main: Callable[[asyncio.Event], Coroutine[Any, Any, Any]])
     return run_async(runner())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Commands(click.Group):
+    """Ends every command the same way: a wrong command line is one `usage-ingest:` line
+    and exit 2 (not click's usage block), Ctrl-C exit 130 (not click's "Aborted!", 1)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path.partition(" ")[2] if exc.ctx is not None else ""
+            where = f"{command}: " if command else ""
+            _fail(f"{where}{exc.format_message()} (see --help)", code=ExitCode.USAGE)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), code=ExitCode.FAILED)
+        except click.Abort:
+            _fail("interrupted", code=ExitCode.INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else ExitCode.OK)
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 def main() -> None:
     """usage-ingest: usage events from Kafka to Postgres, each with an outcome."""
 
@@ -291,7 +329,10 @@ def api_key_revoke(key_id: str, settings: Settings) -> None:
 
     wanted = key_id if KEY_ID_PATTERN.match(key_id) else key_id_of(key_id)
     if wanted is None:
-        _fail(f"{key_id!r} is not a key id (12 hex digits, as `api-key list` shows)", code=2)
+        _fail(
+            f"{key_id!r} is not a key id (12 hex digits, as `api-key list` shows)",
+            code=ExitCode.USAGE,
+        )
 
     async def go() -> Any:
         store = await open_store(settings)
@@ -309,7 +350,7 @@ def api_key_revoke(key_id: str, settings: Settings) -> None:
 @main.command()
 @click.option("--kafka-port", type=int, default=None, help="Port of the embedded broker.")
 @click.option("--postgres-port", type=int, default=None, help="Port of the embedded Postgres.")
-@settings_options
+@settings_options_but("kafka_bootstrap_servers", "database_url")
 def dev(kafka_port: int | None, postgres_port: int | None, settings: Settings) -> None:
     """Start an embedded broker and Postgres, set them up with demo data, run the worker."""
     from usage_ingest.dev import run_dev
@@ -513,7 +554,7 @@ def replay(
     else:
         print_summary(summary, out)
     if summary.interrupted:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 @main.command()
@@ -563,7 +604,7 @@ def lag(
         )
     )
     if exceeded:
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)
 
 
 @main.command()

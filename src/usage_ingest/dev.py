@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from usage_ingest.bootstrap import open_store, run_worker
 from usage_ingest.cli import with_stop_signals
 from usage_ingest.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedUnavailable
-from usage_ingest.errors import BrokerUnavailable
+from usage_ingest.errors import BrokerUnavailable, ExitCode
 from usage_ingest.kafka import OutputProducer, OutputRecord, ensure_topics, follow
 from usage_ingest.reference_data import ReferenceFile
 from usage_ingest.settings import Settings
@@ -58,7 +58,7 @@ def run_dev(settings: Settings, kafka_port: int | None, postgres_port: int | Non
                 with_stop_signals(lambda stop: _dev_main(dev_settings, postgres.url, stop))
         except EmbeddedUnavailable as exc:
             click.echo(f"usage-ingest: {exc}", err=True)
-            sys.exit(1)
+            sys.exit(ExitCode.FAILED)
 
 
 async def _dev_main(settings: Settings, database_url: str, stop: asyncio.Event) -> None:

@@ -12,13 +12,23 @@ Two different things live here and must not be confused:
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
+
+
+class ExitCode(IntEnum):
+    """How every command ends (README, "Exit codes")."""
+
+    OK = 0
+    FAILED = 1  # the command ran and failed, or a `lag` threshold was exceeded
+    USAGE = 2  # the command line, a setting or the setup must change: it would fail again
+    INTERRUPTED = 130  # Ctrl-C, or a second SIGTERM/SIGINT
 
 
 class UsageIngestError(Exception):
     """usage-ingest failed."""
 
     retryable: bool = False
+    exit_code: ExitCode = ExitCode.FAILED
 
     def __init__(self, message: str | None = None) -> None:
         # The docstring of the class is the default message.
@@ -26,7 +36,10 @@ class UsageIngestError(Exception):
 
 
 class ConfigurationError(UsageIngestError):
-    """A setting is missing or invalid."""
+    """A setting is missing or invalid, or the setup it names refuses it (a taken port, an
+    untrusted certificate, refused credentials, migrations not applied)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class DependencyUnavailable(UsageIngestError):

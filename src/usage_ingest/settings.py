@@ -239,12 +239,27 @@ def settings_reference() -> str:
     """
     lines = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
     for name, info in Settings.model_fields.items():
-        default = info.get_default(call_default_factory=True)
-        if default is None:
-            shown = "—"
-        else:
-            shown = f"`{default.value if isinstance(default, StrEnum) else default}`"
+        default = default_text(name)
+        shown = "—" if default is None else f"`{default}`"
         meaning = (info.description or "").replace("|", "\\|")
         flag = "--" + name.replace("_", "-")
         lines.append(f"| `{ENV_PREFIX}{name.upper()}` | `{flag}` | {shown} | {meaning} |")
     return "\n".join(lines) + "\n"
+
+
+def default_text(name: str) -> str | None:
+    """A setting's default as written on a command line; None when it has none."""
+    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    if default is None:
+        return None
+    return str(default.value if isinstance(default, StrEnum) else default)
+
+
+def value_kind(name: str) -> str:
+    """What a setting's value is, for --help: INTEGER, NUMBER, BOOLEAN or TEXT."""
+    annotation = Settings.model_fields[name].annotation
+    kinds = {int: "INTEGER", float: "NUMBER", bool: "BOOLEAN"}
+    for kind, label in kinds.items():
+        if annotation is kind or annotation == kind | None:
+            return label
+    return "TEXT"

@@ -9,7 +9,9 @@ parent included; secrets never appear on a command line), and:
 * restarts a child that ends while nobody asked it to, after a backoff that doubles while it
   keeps failing, at most `max_restarts` times within `window_s` per child. One more crash
   within that window is a crash loop: the other children are stopped gracefully and the
-  command fails with one line naming the child and how it ended;
+  command fails with one line naming the child and how it ended. A child that exits 2 was
+  refused by its settings or setup (a taken port, say): it would fail the same way again, so
+  every child is stopped at once and the command exits 2;
 * forwards SIGTERM/SIGINT to every child and waits for them to drain (each finishes or
   abandons its batch in flight, commits and leaves the group), then exits 0 when every child
   exited 0. A second signal is forwarded too (the children then exit at once). A child that
@@ -42,12 +44,13 @@ from pydantic import SecretStr
 from pydantic_core import to_jsonable_python
 
 from usage_ingest.embedded import parent_death_hook
-from usage_ingest.errors import ConfigurationError, UsageIngestError
+from usage_ingest.errors import ConfigurationError, ExitCode, UsageIngestError
 from usage_ingest.settings import ENV_PREFIX, MAX_PORT, Settings
 
 log = structlog.get_logger("usage_ingest.supervisor")
 
 __all__ = [
+    "ChildRefused",
     "CrashHistory",
     "CrashLoop",
     "RestartPolicy",
@@ -64,6 +67,10 @@ DRAIN_MARGIN_S: Final = 15.0
 
 class CrashLoop(UsageIngestError):
     """A worker process kept crashing; every worker process was stopped."""
+
+
+class ChildRefused(ConfigurationError):
+    """A worker process was refused by its settings or setup; every one was stopped."""
 
 
 def worker_command() -> list[str]:
@@ -205,6 +212,7 @@ class Supervisor:
         self._signal: signal.Signals | None = None
         self._signals_received = 0
         self._crash_loop: str | None = None
+        self._refused: str | None = None
         self._killed: list[int] = []
 
     # --- signals -----------------------------------------------------------------
@@ -244,7 +252,8 @@ class Supervisor:
             sig = self._signal or signal.SIGTERM
             log.info(
                 "supervisor_stopping",
-                signal=sig.name,
+                signal=self._signal.name if self._signal else None,
+                reason=self._stop_reason(),
                 running=[c.index for c in self.children if c.running],
             )
             for child in self.children:
@@ -286,11 +295,22 @@ class Supervisor:
             exit_codes={str(i): code for i, code in codes.items()},
             clean=clean,
         )
+        if self._refused is not None:
+            raise ChildRefused(self._refused)
         if self._crash_loop is not None:
             raise CrashLoop(self._crash_loop)
         if self._signals_received > 1:
-            return 130
-        return 0 if clean else 1
+            return ExitCode.INTERRUPTED
+        return ExitCode.OK if clean else ExitCode.FAILED
+
+    def _stop_reason(self) -> str:
+        if self._signal is not None:
+            return "signal"
+        if self._refused is not None:
+            return "a worker process was refused at start"
+        if self._crash_loop is not None:
+            return "a worker process crash-looped"
+        return "the supervisor failed"
 
     async def _keep_running(self, child: _Child, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -313,6 +333,14 @@ class Supervisor:
                 log.info(
                     "child_stopped", index=child.index, pid=pid, exit_code=child.last_exit, how=how
                 )
+                return
+            if child.last_exit == ExitCode.USAGE:
+                self._refused = (
+                    f"worker process {child.index} was refused at start (exit 2): see its "
+                    f"usage-ingest: line above; stopped all {len(self.children)} worker processes"
+                )
+                log.error("child_refused", index=child.index, pid=pid, how=how)
+                stop.set()
                 return
             delay = child.history.next_delay(loop.time(), ran_for_s)
             if delay is None:

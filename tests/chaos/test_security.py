@@ -89,10 +89,10 @@ def with_password(url: str) -> str:
 
 
 def assert_one_clear_line(worker: WorkerProcess, *expected: str) -> str:
-    """Exit 1 with a single `usage-ingest:` line naming the problem, no traceback, no
+    """Exit 2 with a single `usage-ingest:` line naming the problem, no traceback, no
     secret; every other line is a JSON log line."""
     output = worker.output()
-    assert worker.exit_codes[-1] == 1, output[-3000:]
+    assert worker.exit_codes[-1] == 2, output[-3000:]
     lines = [line for line in output.splitlines() if line.strip()]
     [line] = [line for line in lines if line.startswith("usage-ingest:")]
     for text in expected:

@@ -131,7 +131,7 @@ async def test_api_on_a_taken_port_fails_with_one_line(env: dict[str, str]) -> N
         taken.listen()
         port = taken.getsockname()[1]
         result = await run_cli(env, "api", "--port", str(port))
-    assert result.returncode == 1
+    assert result.returncode == 2  # ExitCode.USAGE: the same call would fail again
     assert f"cannot listen on 127.0.0.1:{port}" in one_line(result.stderr)
 
 
@@ -148,7 +148,7 @@ async def test_api_on_a_database_without_migrations_fails_with_one_line(
     result = await run_cli(
         {**env, "USAGE_INGEST_DATABASE_URL": bare}, "api", "--port", str(free_port())
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     line = one_line(result.stderr)
     assert "0001_initial" in line
     assert "usage-ingest migrate" in line

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -316,3 +317,40 @@ async def test_a_child_that_cannot_start_counts_as_a_crash() -> None:
     )
     with pytest.raises(CrashLoop, match=r"ended 3 times .*\(last: could not start: "):
         await asyncio.wait_for(supervisor.run(asyncio.Event()), 10)
+
+
+async def test_a_child_refused_at_start_ends_the_run_at_once_with_exit_2() -> None:
+    """`run --processes 2` beside a worker that holds the metrics port: the child that
+    cannot serve its metrics is not restarted (it would fail the same way): every child
+    is stopped, the command ends with exit 2 and the child's one line."""
+    port = two_free_ports()
+    env = {
+        **os.environ,
+        "USAGE_INGEST_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/nothing",
+        "USAGE_INGEST_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "USAGE_INGEST_METRICS_PORT": str(port),
+        "USAGE_INGEST_LOG_FORMAT": "json",
+    }
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", port))
+        taken.listen()
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [EXE, "run", "--processes", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    said = [line for line in lines if line.startswith("usage-ingest:")]
+    assert any(f"cannot serve metrics on 0.0.0.0:{port}" in line for line in said), said
+    assert said[-1].startswith("usage-ingest: worker process 0 was refused at start (exit 2)")
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    assert "child_exited" not in {e["event"] for e in events}  # it was not restarted
+    assert [e["index"] for e in events if e["event"] == "child_refused"] == [0]
+    [stopping] = [e for e in events if e["event"] == "supervisor_stopping"]
+    assert stopping["signal"] is None
+    assert stopping["reason"] == "a worker process was refused at start"
