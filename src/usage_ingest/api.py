@@ -65,6 +65,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from usage_ingest import api_keys
@@ -84,10 +85,12 @@ from usage_ingest.errors import (
 )
 from usage_ingest.kafka import OutputProducer, OutputRecord
 from usage_ingest.models import (
+    ID_MAX,
+    ID_MIN,
     IDENT_PATTERN,
     INT64_MAX,
     INT64_MIN,
-    Int64,
+    Id,
     Location,
     Source,
     UnitQuantity,
@@ -124,7 +127,7 @@ from usage_ingest.store import (
     InventoryListQuery,
     Store,
 )
-from usage_ingest.validation import InvalidEvent, validate_record
+from usage_ingest.validation import InvalidEvent, repeated_key_problem, validate_record
 
 log = structlog.get_logger("usage_ingest.api")
 
@@ -135,7 +138,9 @@ _JSON_MEDIA_TYPE = "application/json"
 _BODY_MEDIA_TYPES = {"POST": _JSON_MEDIA_TYPE, "PUT": _JSON_MEDIA_TYPE, "PATCH": _PATCH_MEDIA_TYPE}
 _MAX_LOGGED_HEADER = 200
 # FastAPI's own routes (not APIRoutes: the router does not name them in the scope).
-_FIXED_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect"})
+_FIXED_PATHS = frozenset({"/openapi.json"})
+# How soon to ask again after a 503: the database or the broker is away.
+_RETRY_AFTER = {"Retry-After": "5"}
 
 
 # --- errors -------------------------------------------------------------------
@@ -212,9 +217,20 @@ def _error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# pydantic's words where they name Python (`instance of ProductReferenceInput`,
+# `a valid dictionary`), in the API's own.
+_PLAIN_MESSAGES = {
+    "missing": "is required",
+    "model_type": "must be a JSON object",
+    "model_attributes_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a JSON array",
+}
+
+
 def _message(error: Any) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return "is required" if error["type"] == "missing" else message
+    plain = _PLAIN_MESSAGES.get(error["type"])
+    return plain or str(error["msg"]).removeprefix("Value error, ")
 
 
 def _dotted(loc: Sequence[Any]) -> str | None:
@@ -333,7 +349,7 @@ class ProductReferenceInput(ProductReferenceIn):
 
     model_config = ConfigDict(strict=True, title="ProductReferenceInput")
 
-    id: Int64 | None = Field(
+    id: Id | None = Field(
         default=None,
         json_schema_extra={"readOnly": True},
         description="Assigned by the service; read-only.",
@@ -351,7 +367,7 @@ class UsageProductInventoryInput(InventoryIn):
 
     model_config = ConfigDict(strict=True, title="UsageProductInventoryInput")
 
-    id: Int64 | None = Field(
+    id: Id | None = Field(
         default=None,
         json_schema_extra={"readOnly": True},
         description="Assigned by the service; read-only.",
@@ -388,7 +404,7 @@ class UsageProductInventoryInput(InventoryIn):
 class ProductReference(ProductReferenceInput):
     model_config = ConfigDict(title="ProductReference")
 
-    id: Int64
+    id: Id
 
 
 class UsageProductInventory(UsageProductInventoryInput):
@@ -396,7 +412,7 @@ class UsageProductInventory(UsageProductInventoryInput):
 
     model_config = ConfigDict(title="UsageProductInventory")
 
-    id: Int64
+    id: Id
     product_references: list[ProductReference]  # type: ignore[assignment]
 
 
@@ -473,8 +489,8 @@ class _CamelStrict(BaseModel):
 
 
 class ContractInput(_CamelStrict):
-    debtor_id: Int64
-    site_id: Int64
+    debtor_id: Id
+    site_id: Id
     start_date: IsoDate
     end_date: IsoDate | None = None
 
@@ -482,9 +498,9 @@ class ContractInput(_CamelStrict):
 
 
 class Contract(_CamelStrict):
-    id: Int64
-    debtor_id: Int64
-    site_id: Int64
+    id: Id
+    debtor_id: Id
+    site_id: Id
     start_date: IsoDate
     end_date: IsoDate | None
 
@@ -584,14 +600,22 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready"]
-    checks: dict[str, Literal["ok"]]
+    """The worker's /readyz shape too: whether it is ready, and each check's answer."""
+
+    ready: bool
+    checks: dict[str, bool]
+
+
+class NotReady(Readiness):
+    """Readiness that failed: the checks, and an error per failing one."""
+
+    errors: list[ApiErrorItem]
 
 
 # --- list query parameters -----------------------------------------------------
 
 _DATE_FILTER = re.compile(r"^(?:(lt|gt|gtn):)?([0-9]{4}-[0-9]{2}-[0-9]{2})$")
-_ID_FILTER = re.compile(r"^-?[0-9]{1,19}$")
+_ID_FILTER = re.compile(r"^[0-9]{1,19}$")
 _LIST_PARAMETERS = frozenset({"page", "pageSize", "sort", "fields"})
 
 
@@ -642,8 +666,8 @@ def parse_filter(name: str, text: str) -> InventoryFilter:
     """One filter parameter (`startDate=gtn:2026-01-01`); ValueError says what is wrong."""
     kind = INVENTORY_FILTER_KINDS[name]
     if kind is FilterKind.ID:
-        if not _ID_FILTER.match(text) or not INT64_MIN <= int(text) <= INT64_MAX:
-            raise ValueError(f"{text!r} is not an integer id")
+        if not _ID_FILTER.match(text) or not ID_MIN <= int(text) <= ID_MAX:
+            raise ValueError(f"{text!r} is not an id (1 to {ID_MAX})")
         return InventoryFilter(name, FilterOp.EQ, int(text))
     if kind is FilterKind.DATE:
         match = _DATE_FILTER.match(text)
@@ -744,7 +768,10 @@ def apply_patch(
             size = len(orjson.dumps(document))
         except jsonpatch.JsonPatchTestFailed as exc:
             raise ApiError.one(
-                400, ApiErrorCode.PATCH_TEST_FAILED, f"{where}: {exc}", field=str(index)
+                400,
+                ApiErrorCode.PATCH_TEST_FAILED,
+                f"{where}: {_test_failure(document, raw)}",
+                field=str(index),
             ) from exc
         except (
             jsonpatch.JsonPatchException,
@@ -754,7 +781,10 @@ def apply_patch(
             TypeError,
         ) as exc:
             raise ApiError.one(
-                400, ApiErrorCode.PATCH_FAILED, f"{where}: {exc}", field=str(index)
+                400,
+                ApiErrorCode.PATCH_FAILED,
+                f"{where}: {_patch_failure(raw, exc)}",
+                field=str(index),
             ) from exc
         if size > MAX_PATCHED_DOCUMENT_BYTES:  # before the next operation copies it again
             raise ApiError.one(
@@ -771,13 +801,19 @@ def apply_patch(
     errors = []
     if patched.id != record["id"]:
         errors.append(_read_only("id"))
-    known = {ref["id"] for ref in record["productReferences"]}
+    number_of = {ref["id"]: ref["productReference"] for ref in record["productReferences"]}
+    id_of = {number: ref_id for ref_id, number in number_of.items()}
     seen: set[int] = set()
     for index, ref in enumerate(patched.product_references):
-        if ref.id is not None and (ref.id not in known or ref.id in seen):
+        if ref.id is None:
+            continue
+        # An id belongs to its number: it may not be invented, repeated, or moved to
+        # another number of the record (swapping two ids). A new number on an old id
+        # is a new reference (the id is dropped below).
+        moved = id_of.get(ref.product_reference, ref.id) != ref.id
+        if ref.id not in number_of or ref.id in seen or moved:
             errors.append(_read_only(f"productReferences.{index}.id"))
-        if ref.id is not None:
-            seen.add(ref.id)
+        seen.add(ref.id)
     if errors:
         raise ApiError(400, errors)
     # Product references are matched by their number: the store keeps the id of each
@@ -789,6 +825,31 @@ def apply_patch(
             ]
         }
     )
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _test_failure(document: Any, raw: dict[str, Any]) -> str:
+    """Why a `test` failed, in JSON terms (jsonpatch says `True (<class 'bool'>)`)."""
+    try:
+        actual = jsonpointer.resolve_pointer(document, raw["path"])
+    except (jsonpointer.JsonPointerException, KeyError, IndexError, TypeError):
+        return f"nothing is at {raw['path']!r}"
+    if isinstance(actual, jsonpointer.EndOfList):  # "/list/-": the place after the last item
+        return f"nothing is at {raw['path']!r}"
+    return f"the value is {_json_text(actual)}, not {_json_text(raw['value'])}"
+
+
+def _patch_failure(raw: dict[str, Any], exc: Exception) -> str:
+    """Why an operation could not be applied, without Python's reprs of the record."""
+    if isinstance(exc, jsonpatch.JsonPatchPathNotFound):
+        pass  # its message is the bare missing member: "'nope'"
+    elif isinstance(exc, jsonpatch.JsonPatchConflict | jsonpatch.InvalidJsonPatch):
+        return str(exc)  # jsonpatch's own sentences: "can't remove the whole document"
+    pointers = [raw[name] for name in ("from", "path") if raw.get(name) is not None]
+    return "no such place in the record: " + " or ".join(repr(p) for p in pointers)
 
 
 def _read_only(field: str) -> ApiErrorItem:
@@ -895,6 +956,30 @@ class ApiMetrics:
         self.latency.labels(**labels).observe(seconds)
 
 
+def _path_routes(scope: Scope) -> list[APIRoute]:
+    """The routes whose path matches the request's, whatever their methods."""
+    app = scope.get("app")
+    routes: list[APIRoute] = app.state.api_routes if app is not None else []
+    return [route for route in routes if route.matches(scope)[0] is not Match.NONE]
+
+
+def _route_template(scope: Scope) -> str:
+    """The route template a request is counted and logged under: also for a request
+    answered before routing (a 413) or by the router itself (a 405)."""
+    matched = getattr(scope.get("route"), "path", None)
+    if matched:
+        return str(matched)
+    if scope["path"] in _FIXED_PATHS:
+        return str(scope["path"])
+    routes = _path_routes(scope)
+    return routes[0].path if routes else "unmatched"
+
+
+def allowed_methods(scope: Scope) -> list[str]:
+    """Every method the request's path takes (RFC 9110: the Allow header of a 405)."""
+    return sorted({method for route in _path_routes(scope) for method in route.methods or ()})
+
+
 class _Edge:
     """The outermost layer of the app (pure ASGI, so it sees every request)."""
 
@@ -951,9 +1036,7 @@ class _Edge:
                     await _error_response(500, [internal])(scope, receive, watched_send)
             finally:
                 seconds = time.perf_counter() - began
-                route = getattr(scope.get("route"), "path", None) or (
-                    scope["path"] if scope["path"] in _FIXED_PATHS else "unmatched"
-                )
+                route = _route_template(scope)
                 self.metrics.observe(route, scope["method"], status, seconds)
                 log.info(
                     "api_request",
@@ -985,13 +1068,19 @@ _WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="usage-ingest"'}
 
 
 def _presented_key(request: Request) -> str | None:
-    """X-API-KEY, else a bearer token; None when neither holds anything."""
-    key = request.headers.get("x-api-key", "").strip()
-    if not key:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            key = credentials.strip()
-    return key or None
+    """X-API-KEY or a bearer token; None when neither holds anything. Both holding
+    different keys is refused: which one speaks for the client would be a guess."""
+    header = request.headers.get("x-api-key", "").strip()
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else ""
+    if header and bearer and header != bearer:
+        raise ApiError.one(
+            401,
+            ApiErrorCode.UNAUTHORIZED,
+            "X-API-KEY and Authorization: Bearer carry different keys: send one",
+            headers=_WWW_AUTHENTICATE,
+        )
+    return header or bearer or None
 
 
 async def _authorize(request: Request, permission: Permission) -> None:
@@ -1041,12 +1130,20 @@ class _GuardedRoute(APIRoute):
         handler = super().get_route_handler()
         permission = (self.openapi_extra or {}).get(_PERMISSION)
         media_types = {_BODY_MEDIA_TYPES[m] for m in self.methods or () if m in _BODY_MEDIA_TYPES}
+        # POST /usages validates its body as a usage event, repeated keys included.
+        check_keys = bool(media_types) and self.path != "/usages"
 
         async def guarded(request: Request) -> Response:
             if permission is not None:
                 await _authorize(request, Permission(permission))
             for media_type in media_types:
                 _require_media_type(request, media_type)
+            if check_keys:
+                # FastAPI reads JSON last-key-wins: {"siteId": 1, "siteId": 2} would be
+                # taken as 2. Refused here as on /usages, with the same message.
+                problem = repeated_key_problem(await request.body())
+                if problem is not None:
+                    raise ApiError.one(400, ApiErrorCode.MALFORMED_MESSAGE, problem)
             return await handler(request)
 
         return guarded
@@ -1098,7 +1195,9 @@ def create_app(
         version="1",
         summary="Usage product inventories, product items, contracts and usage.",
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        # Swagger UI and ReDoc load their scripts from a CDN, which a billing network does
+        # not reach: the document itself is served, for any OpenAPI viewer or generator.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.store = store
@@ -1108,6 +1207,7 @@ def create_app(
     _usage_routes(router, settings, store, producer, metrics)
     _operation_routes(router, settings, store, metrics)
     app.include_router(router)
+    app.state.api_routes = [r for r in router.routes if isinstance(r, APIRoute)]
     _install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(_Edge, metrics=metrics, max_body_bytes=settings.api_max_body_bytes)
@@ -1401,7 +1501,7 @@ def _operation_routes(
     @router.get(
         "/readyz",
         response_model=Readiness,
-        responses={503: {"model": ErrorBody, "description": _DESCRIPTIONS[503]}},
+        responses={503: {"model": NotReady, "description": _DESCRIPTIONS[503]}},
         summary="The database and the broker are reachable",
     )
     async def readyz() -> JSONResponse:
@@ -1422,9 +1522,11 @@ def _operation_routes(
                     message="no bootstrap server accepts connections",
                 )
             )
+        checks = {"database": database, "broker": broker}
         if problems:
-            return _error_response(503, problems)
-        return JSONResponse({"status": "ready", "checks": {"database": "ok", "broker": "ok"}})
+            body = NotReady(ready=False, checks=checks, errors=problems)
+            return JSONResponse(body.model_dump(mode="json"), status_code=503, headers=_RETRY_AFTER)
+        return JSONResponse(Readiness(ready=True, checks=checks).model_dump(mode="json"))
 
     @router.get(
         "/metrics",
@@ -1437,7 +1539,7 @@ def _operation_routes(
 
 
 def _id_path() -> Any:
-    return Path(alias="id", ge=INT64_MIN, le=INT64_MAX, description="The record's id.")
+    return Path(alias="id", ge=ID_MIN, le=ID_MAX, description="The record's id.")
 
 
 def _not_found(what: str) -> ApiError:
@@ -1460,9 +1562,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:  # noqa: PLR2004 - the router's "no such route"
             code, message = ApiErrorCode.NOT_FOUND, f"no such resource: {request.url.path}"
         elif exc.status_code == 405:  # noqa: PLR2004
-            allowed = (exc.headers or {}).get("Allow", "")
+            # The router names the methods of one route; the path may have several.
+            allowed = ", ".join(allowed_methods(request.scope))
+            headers = {**(exc.headers or {}), "Allow": allowed}
             code = ApiErrorCode.METHOD_NOT_ALLOWED
             message = f"{request.method} is not allowed here; allowed: {allowed}"
+            item = ApiErrorItem(code=code, message=message)
+            return _error_response(405, [item], headers)
         else:  # FastAPI's own 400 "There was an error parsing the body", and the like
             code, message = ApiErrorCode.MALFORMED_MESSAGE, str(exc.detail)
         item = ApiErrorItem(code=code, message=message)
@@ -1480,7 +1586,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         else:
             code, message = ApiErrorCode.BROKER_UNAVAILABLE, "the broker is unavailable"
         item = ApiErrorItem(code=code, message=f"{message}; try again later")
-        return _error_response(503, [item], {"Retry-After": "5"})
+        return _error_response(503, [item], _RETRY_AFTER)
 
     async def on_statement_timeout(request: Request, exc: Exception) -> Response:
         log.warning("api_statement_timed_out", error=str(exc), path=request.url.path)
@@ -1527,8 +1633,29 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             operation.get("responses", {}).pop("422", None)
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
+    _exact_bounds(document)
     app.openapi_schema = document
     return document
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# FastAPI's OpenAPI model holds bounds as floats: the int64 limits come out as
+# ±9.223372036854776e+18, which is 2^63, one past the largest id, so a client that
+# trusts the document sends a value the API refuses.
+_AS_FLOATS = {float(INT64_MAX): INT64_MAX, float(INT64_MIN): INT64_MIN}
+
+
+def _exact_bounds(node: Any) -> None:
+    """Write every integral bound of the document as an exact integer, in place."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _BOUNDS and isinstance(value, float) and value.is_integer():
+                node[key] = _AS_FLOATS.get(value, int(value))
+            else:
+                _exact_bounds(value)
+    elif isinstance(node, list):
+        for item in node:
+            _exact_bounds(item)
 
 
 # --- serving ----------------------------------------------------------------------

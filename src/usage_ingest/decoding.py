@@ -25,9 +25,9 @@ from usage_ingest.events import (
     UsageProperty,
 )
 from usage_ingest.models import (
+    ID_MAX,
+    ID_MIN,
     IDENT_PATTERN,
-    INT64_MAX,
-    INT64_MIN,
     country_code,
     parse_date_time,
     parse_quantity,
@@ -35,7 +35,7 @@ from usage_ingest.models import (
 
 # `$` would also match before a final newline in Python's `re`, which msgspec uses.
 _Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN.removesuffix("$") + r"\Z")]
-_Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+_Id = Annotated[int, msgspec.Meta(ge=ID_MIN, le=ID_MAX)]
 
 
 class _UnitQuantityIn(msgspec.Struct, frozen=True, gc=False):
@@ -50,8 +50,8 @@ class _EventIn(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     product_ident: _Ident
     start_date: str
     end_date: str
-    contract_id: _Int64 | None = None
-    debtor_id: _Int64 | None = None
+    contract_id: _Id | None = None
+    debtor_id: _Id | None = None
     description: Text1000 | None = None
     operating_site: Text255 | None = None
     tax_location: Location | None = None

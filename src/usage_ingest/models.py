@@ -29,6 +29,9 @@ from usage_ingest.errors import ErrorCode, WarningCode
 
 IDENT_PATTERN = r"^[a-zA-Z0-9_.~-]{1,100}$"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Ids (contracts, debtors, sites, records, product items) are positive: the platform
+# assigns them from sequences, and 0 or a negative number is never one (README, "Ids").
+ID_MIN, ID_MAX = 1, INT64_MAX
 QUANTITY_MAX_INTEGER_DIGITS = 18
 QUANTITY_MAX_FRACTION_DIGITS = 12
 
@@ -65,7 +68,7 @@ Text1000 = Annotated[str, Strict(), Field(max_length=1000), AfterValidator(stora
 
 
 Ident = Annotated[str, Strict(), Field(pattern=IDENT_PATTERN)]
-Int64 = Annotated[int, Strict(), Field(ge=INT64_MIN, le=INT64_MAX)]
+Id = Annotated[int, Strict(), Field(ge=ID_MIN, le=ID_MAX)]
 CountryCode = Annotated[str, Strict(), AfterValidator(country_code)]
 
 # RFC 3339 / ISO 8601 date-time: a date, a time, optional fraction and offset.
@@ -250,8 +253,8 @@ class UsageEvent(_Model):
     model_config = ConfigDict(title="UsageEvent")
 
     external_reference: Ident
-    contract_id: Int64 | None = None
-    debtor_id: Int64 | None = None
+    contract_id: Id | None = None
+    debtor_id: Id | None = None
     product_ident: Ident
     description: Text1000 | None = None
     start_date: UtcDateTime

@@ -4,12 +4,14 @@ usage product inventories in camelCase)."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,9 +22,32 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from usage_ingest.errors import ReferenceDataError
-from usage_ingest.models import Int64, Text255, Text255NonEmpty, Text1000
+from usage_ingest.models import Id, Text255, Text255NonEmpty, Text1000
 
 NonNegativeInt64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+# Unicode categories a billing number never holds: control characters (Cc: NUL, BEL,
+# CR, LF...), format characters (Cf: the bidi overrides that make "\u202e0987" display
+# as "7890", zero-width spaces) and line or paragraph separators (Zl, Zp).
+_NOT_IN_A_NUMBER = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _billing_number(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    for character in value:
+        if unicodedata.category(character) in _NOT_IN_A_NUMBER:
+            raise ValueError(
+                f"must be printable: U+{ord(character):04X} is a control or format character"
+            )
+    if value != value.strip():
+        raise ValueError("must not begin or end with white space")
+    return value
+
+
+# A product reference (a phone number, a circuit id...): printable text, trimmed.
+BillingNumber = Annotated[Text255NonEmpty, AfterValidator(_billing_number)]
 SingleLine = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\r\n]*$")]
 
 
@@ -42,7 +67,7 @@ class ProductItemIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: Int64 | None = None
+    id: Id | None = None
     reference: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$")]
     name: SingleLine | None = None
     description: SingleLine | None = None
@@ -59,9 +84,9 @@ class _Camel(BaseModel):
 
 
 class ContractIn(_Camel):
-    id: Int64
-    debtor_id: Int64
-    site_id: Int64
+    id: Id
+    debtor_id: Id
+    site_id: Id
     start_date: date
     end_date: date | None = None
 
@@ -73,8 +98,8 @@ class ContractIn(_Camel):
 
 
 class ProductReferenceIn(_Camel):
-    id: Int64 | None = None
-    product_reference: Text255NonEmpty
+    id: Id | None = None
+    product_reference: BillingNumber
     primary: bool | None = None
     label: Text255 | None = None
     start_date: date | None = None
@@ -89,12 +114,12 @@ class ProductReferenceIn(_Camel):
 class InventoryIn(_Camel):
     """A usage product inventory (version 2.24 of the platform API, every field)."""
 
-    id: Int64 | None = None
-    site_id: Int64
-    usage_product_id: Int64
+    id: Id | None = None
+    site_id: Id
+    usage_product_id: Id
     start_date: date
     end_date: date | None = None
-    supplier_account_id: Int64 | None = None
+    supplier_account_id: Id | None = None
     bill_by_service_id: bool | None = None
     service_id: Text255 | None = None
     billable: bool = True

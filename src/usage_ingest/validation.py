@@ -116,6 +116,22 @@ _DECODER = json.JSONDecoder(
 )
 
 
+# Only the repeated-key rule: for JSON bodies that are not usage events (the API's own).
+_KEYS_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def repeated_key_problem(value: bytes) -> str | None:
+    """The message a usage event gets for a repeated key, when an object of `value`
+    repeats one; None otherwise (also for text that is not JSON: its parser says why)."""
+    try:
+        _KEYS_DECODER.decode(value.decode("utf-8"))
+    except _Unparseable as exc:
+        return f"the value is not JSON: {exc}"
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
 def _malformed(message: str, reference: str | None = None) -> InvalidEvent:
     return InvalidEvent(
         reference, (OutcomeError(code=ErrorCode.MALFORMED_MESSAGE, message=message),)

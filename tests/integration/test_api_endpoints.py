@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -111,6 +112,8 @@ async def test_every_operation_needs_a_key_with_its_permission(
             **{"X-API-KEY": api.admin_key[:-1] + ("A" if api.admin_key[-1] != "A" else "B")}
         ),
         await call(Authorization=f"Basic {api.admin_key}"),
+        # Two different keys, even two valid ones: which one speaks is not guessed.
+        await call(**{"X-API-KEY": api.admin_key, "Authorization": f"Bearer {api.reader_key}"}),
     ):
         assert response.status_code == 401, response.text
         assert codes(response) == [("UNAUTHORIZED", None)]
@@ -123,7 +126,11 @@ async def test_every_operation_needs_a_key_with_its_permission(
     assert permission.value in response.json()["errors"][0]["message"]
     # This permission alone, as X-API-KEY or as a bearer token: past the guard.
     only = await add_key(api.store, permission)
-    for response in (await call(**{"X-API-KEY": only}), await call(Authorization=f"Bearer {only}")):
+    for response in (
+        await call(**{"X-API-KEY": only}),
+        await call(Authorization=f"Bearer {only}"),
+        await call(**{"X-API-KEY": only, "Authorization": f"Bearer {only}"}),
+    ):
         assert response.status_code not in (401, 403), response.text
 
 
@@ -311,6 +318,22 @@ async def test_put_contract_creates_then_replaces(api: ApiWorld) -> None:
             "/contracts/99999999999999999999",
             {"debtorId": 3, "siteId": 1, "startDate": "2026-01-01"},
             [("INVALID_PARAMETER", "id")],
+        ),
+        # Ids are positive (README, "Ids").
+        (
+            "/contracts/-5",
+            {"debtorId": 3, "siteId": 1, "startDate": "2026-01-01"},
+            [("INVALID_PARAMETER", "id")],
+        ),
+        (
+            "/contracts/0",
+            {"debtorId": 3, "siteId": 1, "startDate": "2026-01-01"},
+            [("INVALID_PARAMETER", "id")],
+        ),
+        (
+            "/contracts/5",
+            {"debtorId": -3, "siteId": 0, "startDate": "2026-01-01"},
+            [("SCHEMA_VIOLATION", "debtorId"), ("SCHEMA_VIOLATION", "siteId")],
         ),
     ],
 )
@@ -534,7 +557,8 @@ async def test_health_and_readiness(api: ApiWorld) -> None:
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
     response = await api.client.get("/readyz", headers={"X-API-KEY": ""})
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    # The worker's /readyz shape: ready, and each check's answer.
+    assert response.json() == {"ready": True, "checks": {"database": True, "broker": True}}
 
 
 @pytest.fixture
@@ -561,6 +585,9 @@ async def test_readiness_and_requests_without_database_and_broker_are_503(
 ) -> None:
     response = await unreachable_world.get("/readyz")
     assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    body = response.json()
+    assert (body["ready"], body["checks"]) == (False, {"database": False, "broker": False})
     assert codes(response) == [("DATABASE_UNAVAILABLE", None), ("BROKER_UNAVAILABLE", None)]
     assert (await unreachable_world.get("/healthz")).status_code == 200
     response = await unreachable_world.get("/usage-product-inventories/1")
@@ -600,7 +627,20 @@ async def test_unknown_routes_and_methods_answer_in_the_error_shape(api: ApiWorl
     response = await api.client.delete("/usage-product-inventories/1")
     assert response.status_code == 405
     assert codes(response) == [("METHOD_NOT_ALLOWED", None)]
-    assert "GET" in response.headers["Allow"]
+    # Every method of the path (RFC 9110), not only the first route's.
+    assert response.headers["Allow"] == "GET, PATCH"
+    response = await api.client.put("/usage-product-inventories")
+    assert response.headers["Allow"] == "GET, POST"
+
+
+async def test_a_413_is_counted_under_its_route(api: ApiWorld) -> None:
+    too_big = b"[" + b"0," * 600_000 + b"0]"
+    response = await api.client.post(
+        "/usages", content=too_big, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    metrics = (await api.client.get("/metrics", headers={"X-API-KEY": ""})).text
+    assert 'usage_ingest_api_requests_total{method="POST",route="/usages",status="413"}' in metrics
 
 
 @pytest.mark.parametrize("path", ["/usages", "/v1/product-items", "/usage-product-inventories"])
@@ -639,3 +679,48 @@ async def test_an_unexpected_failure_is_500_without_details(
     failed = [entry for entry in logs if entry["event"] == "api_request_failed"]
     assert len(failed) == 1
     assert failed[0]["exc_info"] is True
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "content_type"),
+    [
+        ("POST", "/usage-product-inventories", '{"siteId": 1, "siteId": 2}', "application/json"),
+        ("PUT", "/contracts/5", '{"debtorId": 1, "debtorId": 2}', "application/json"),
+        ("POST", "/v1/product-items", '{"reference": "a", "reference": "b"}', "application/json"),
+        (
+            "PATCH",
+            "/usage-product-inventories/1",
+            '[{"op": "test", "path": "/id", "path": "/siteId", "value": 1}]',
+            "application/json-patch+json",
+        ),
+        (
+            "POST",
+            "/usages",
+            '{"externalReference": "a", "externalReference": "b"}',
+            "application/json",
+        ),
+    ],
+)
+async def test_a_repeated_key_is_refused_everywhere_with_the_same_message(
+    api: ApiWorld, method: str, path: str, body: str, content_type: str
+) -> None:
+    response = await api.client.request(
+        method, path, content=body.encode(), headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 400, response.text
+    [error] = response.json()["errors"]
+    assert error["code"] == "MALFORMED_MESSAGE"
+    assert "duplicate key" in error["message"]
+    assert error["message"].endswith("its value is ambiguous")
+
+
+async def test_the_openapi_document_writes_integer_bounds_exactly(api: ApiWorld) -> None:
+    response = await api.client.get("/openapi.json", headers={"X-API-KEY": ""})
+    text = response.text
+    assert "e+18" not in text  # 9.223372036854776e+18 is 2^63: one past the largest id
+    schemas = response.json()["components"]["schemas"]
+    site = schemas["ContractInput"]["properties"]["siteId"]
+    assert (site["minimum"], site["maximum"]) == (1, 2**63 - 1)
+    bounds = re.findall(r'"(?:minimum|maximum)":(-?[0-9][0-9.e+]*)', text.replace(" ", ""))
+    assert bounds
+    assert all("." not in b and "e" not in b for b in bounds), sorted(set(bounds))

@@ -318,6 +318,20 @@ async def test_bad_file_is_refused_with_its_path_and_nothing_written(
             "contracts.0",
             id="contract-ends-before-start",
         ),
+        pytest.param(
+            reference_file(contracts=[contract(id=7), contract(id=-5)]),
+            "contracts.1.id",
+            id="negative-contract-id",  # ids are positive (README, "Ids")
+        ),
+        pytest.param(
+            reference_file(
+                usageProductInventories=[
+                    inventory(productReferences=[{"productReference": "\u202e0987"}])
+                ]
+            ),
+            "usageProductInventories.0.productReferences.0.productReference",
+            id="bidi-override-in-a-number",
+        ),
     ],
 )
 async def test_invalid_file_names_the_offending_path(

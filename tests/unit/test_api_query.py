@@ -51,7 +51,7 @@ def test_sort_keys_and_directions() -> None:
     ("name", "text", "expected"),
     [
         ("siteId", "42", InventoryFilter("siteId", FilterOp.EQ, 42)),
-        ("siteId", "-7", InventoryFilter("siteId", FilterOp.EQ, -7)),
+        ("siteId", str(2**63 - 1), InventoryFilter("siteId", FilterOp.EQ, 2**63 - 1)),
         ("startDate", "2026-01-31", InventoryFilter("startDate", FilterOp.EQ, date(2026, 1, 31))),
         ("endDate", "lt:2026-01-31", InventoryFilter("endDate", FilterOp.LT, date(2026, 1, 31))),
         ("endDate", "gt:2026-01-31", InventoryFilter("endDate", FilterOp.GT, date(2026, 1, 31))),
@@ -71,6 +71,8 @@ def test_filters_parse(name: str, text: str, expected: InventoryFilter) -> None:
     ("name", "text"),
     [
         ("siteId", "1.5"),
+        ("siteId", "-7"),  # ids are positive (README, "Ids")
+        ("siteId", "0"),
         ("siteId", "in:1,2"),
         ("siteId", "9" * 20),
         ("startDate", "2026-02-30"),
@@ -232,3 +234,80 @@ def test_patch_failures(operations: list[dict[str, Any]], code: str, field: str)
     with pytest.raises(ApiError) as caught:
         patched(operations)
     assert [(e.code, e.field) for e in caught.value.errors] == [(code, field)]
+
+
+TWO_REFERENCES = {
+    **RECORD,
+    "productReferences": [
+        {**RECORD["productReferences"][0], "id": 70, "productReference": "441"},
+        {**RECORD["productReferences"][0], "id": 71, "productReference": "442", "primary": False},
+    ],
+}
+
+
+def test_swapping_two_reference_ids_is_refused_as_read_only() -> None:
+    record = copy.deepcopy(TWO_REFERENCES)
+    swap = [
+        {"op": "replace", "path": "/productReferences/0/id", "value": 71},
+        {"op": "replace", "path": "/productReferences/1/id", "value": 70},
+    ]
+    with pytest.raises(ApiError) as caught:
+        apply_patch(record, OPERATIONS.validate_python(swap))
+    assert [(e.code, e.field) for e in caught.value.errors] == [
+        ("READ_ONLY_FIELD", "productReferences.0.id"),
+        ("READ_ONLY_FIELD", "productReferences.1.id"),
+    ]
+
+
+def test_a_new_number_on_an_old_id_is_a_new_reference() -> None:
+    record = copy.deepcopy(TWO_REFERENCES)
+    renumber = [{"op": "replace", "path": "/productReferences/1/productReference", "value": "443"}]
+    result = apply_patch(record, OPERATIONS.validate_python(renumber))
+    assert [r.product_reference for r in result.product_references] == ["441", "443"]
+
+
+@pytest.mark.parametrize(
+    ("number", "message"),
+    [
+        ("\u0007\r\n", "U+0007 is a control or format character"),
+        ("   ", "must not be blank"),
+        ("\u202e0987", "U+202E is a control or format character"),  # shows as "7890"
+        ("44\u200b12", "U+200B is a control or format character"),  # zero-width space
+        ("4412\u2028", "U+2028 is a control or format character"),
+        (" 4412", "must not begin or end with white space"),
+    ],
+)
+def test_a_product_reference_is_a_printable_trimmed_number(number: str, message: str) -> None:
+    """The same rule for the API and the reference file (`ProductReferenceIn`)."""
+    add = {"op": "add", "path": "/productReferences/-", "value": {"productReference": number}}
+    with pytest.raises(ApiError) as caught:
+        patched([add])
+    [error] = caught.value.errors
+    assert (error.code, error.field) == ("SCHEMA_VIOLATION", "productReferences.1.productReference")
+    assert message in error.message
+
+
+@pytest.mark.parametrize("number", ["441234567890", "44 20 7946 0001", "CIRCUIT-Ä1"])
+def test_ordinary_product_references_are_taken(number: str) -> None:
+    add = {"op": "add", "path": "/productReferences/-", "value": {"productReference": number}}
+    assert patched([add]).product_references[1].product_reference == number
+
+
+@pytest.mark.parametrize(
+    ("operation", "message"),
+    [
+        ({"op": "test", "path": "/billable", "value": False}, "the value is true, not false"),
+        ({"op": "test", "path": "/serviceId", "value": 5}, 'the value is "SVC", not 5'),
+        ({"op": "test", "path": "/nothing", "value": 1}, "nothing is at '/nothing'"),
+        ({"op": "test", "path": "/productReferences/-", "value": []}, "at '/productReferences/-'"),
+        ({"op": "move", "from": "/nope", "path": "/a"}, "in the record: '/nope' or '/a'"),
+        ({"op": "add", "path": "/productReferences/-", "value": 5}, "must be a JSON object"),
+    ],
+)
+def test_patch_errors_speak_json_not_python(operation: dict[str, Any], message: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        patched([operation])
+    [error] = caught.value.errors
+    assert error.message.endswith(message), error.message
+    for python in ("<class", "True", "instance of", "dictionary", "{'"):
+        assert python not in error.message

@@ -314,11 +314,11 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
         "properties": [{"name": name, "value": draw(texts)} for name in names],
     }
     if draw(st.booleans()):
-        obj["contractId"] = draw(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+        obj["contractId"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
         if draw(st.booleans()):
             obj["debtorId"] = draw(st.integers(min_value=1, max_value=10**6))
     else:
-        obj["debtorId"] = draw(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+        obj["debtorId"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
     optional = {
         "description": texts,
         "operatingSite": texts,

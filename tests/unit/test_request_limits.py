@@ -83,17 +83,21 @@ def refusal(call: Callable[[], object]) -> ApiError | None:
     return None
 
 
+# jsonpatch's own, taken once: Hypothesis runs many examples under one monkeypatch, and
+# each must wrap this, not the wrapper of the example before.
+REAL_APPLY = jsonpatch.JsonPatch.apply
+
+
 class CountedPatches:
     """Wraps jsonpatch's apply: how many operations ran, and the size of each document
     handed to one."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
-        real = jsonpatch.JsonPatch.apply
 
         def counted(patch: jsonpatch.JsonPatch, obj: Any, in_place: bool = False) -> Any:
             self.sizes.append(len(orjson.dumps(obj)))
-            return real(patch, obj, in_place=in_place)
+            return REAL_APPLY(patch, obj, in_place=in_place)
 
         monkeypatch.setattr(jsonpatch.JsonPatch, "apply", counted)
 
