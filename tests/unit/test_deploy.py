@@ -449,3 +449,10 @@ def test_the_deployment_files_are_documented(path: str) -> None:
     assert "## Deploying" in readme
     assert "## Scaling" in readme
     assert f"`{path}`" in readme
+
+
+def test_the_license_is_an_spdx_expression() -> None:
+    """PEP 639: setuptools warns at every install about `license = { text = ... }`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)
+    assert not any("License ::" in c for c in project["project"].get("classifiers", []))
