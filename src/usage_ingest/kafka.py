@@ -186,6 +186,8 @@ def murmur2(data: bytes) -> int:
 
 def partition_for(key: bytes | None, partitions: list[int]) -> int:
     """The partition Kafka's default partitioner gives `key` (random without one)."""
+    if len(partitions) == 1:  # whatever the hash, modulo 1 it is this one
+        return partitions[0]
     if key is None:
         return int(_PARTITIONER(key, partitions, partitions))
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]

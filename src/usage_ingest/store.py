@@ -148,8 +148,7 @@ class UsageRow(NamedTuple):
 USAGE_COLUMNS: tuple[str, ...] = UsageRow._fields
 
 
-@dataclass(frozen=True, slots=True)
-class StoredUsage:
+class StoredUsage(NamedTuple):  # one per stored record: a tuple is built in C
     """The row that holds an external reference after `store_usages`."""
 
     usage_id: int

@@ -398,6 +398,10 @@ def test_murmur2_is_kafkas_for_keys_of_every_length() -> None:
             key = rng.randbytes(length)
             assert murmur2(key) == aiokafka_murmur2(key), key
     assert partition_for(b"call-1", [0, 1, 2]) == (aiokafka_murmur2(b"call-1") & 0x7FFFFFFF) % 3
+    # One partition: no hash to compute, the same answer as the partitioner's.
+    for key in (b"call-1", b"", None, rng.randbytes(40)):
+        assert partition_for(key, [0]) == 0
+        assert partition_for(key, [3]) == 3
 
 
 @pytest.mark.parametrize(
