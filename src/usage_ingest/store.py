@@ -92,16 +92,11 @@ _DRIVER_ERRORS = (
 
 
 def _is_transient(exc: BaseException) -> bool:
+    """A server error of a transient class (a lost connection is class 08), or any error
+    of the driver itself: every one of those is about a connection, not the data."""
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "")[:2] in _TRANSIENT_SQLSTATE_CLASSES
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | asyncpg.InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InternalClientError,
-    )
+    return isinstance(exc, _DRIVER_ERRORS)
 
 
 @asynccontextmanager
