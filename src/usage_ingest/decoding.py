@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 import orjson
@@ -29,7 +29,7 @@ from usage_ingest.models import (
     ID_MIN,
     IDENT_PATTERN,
     country_code,
-    parse_date_time,
+    parse_instant,
     parse_quantity,
 )
 
@@ -38,12 +38,18 @@ _Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN.removesuffix("$") + r
 _Id = Annotated[int, msgspec.Meta(ge=ID_MIN, le=ID_MAX)]
 
 
+# The `In` structs leave out of their JSON the members a record did not give, so that
+# decoded and written again they hold one ':' per key the record gave (`_repeats_a_key`).
+class _LocationIn(Location, frozen=True, gc=False, omit_defaults=True):
+    """Never kept: a `Location` writes every member, as the canonical text needs."""
+
+
 class _UnitQuantityIn(msgspec.Struct, frozen=True, gc=False):
     unit: _Ident
     quantity: msgspec.Raw  # its JSON text: a number and a numeric string obey other rules
 
 
-class _EventIn(msgspec.Struct, frozen=True, gc=False, rename="camel"):
+class _EventIn(msgspec.Struct, frozen=True, gc=False, rename="camel", omit_defaults=True):
     """A record as the fast path decodes it: dates and quantities still as written."""
 
     external_reference: _Ident
@@ -54,20 +60,33 @@ class _EventIn(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     debtor_id: _Id | None = None
     description: Text1000 | None = None
     operating_site: Text255 | None = None
-    tax_location: Location | None = None
-    performance_location: Location | None = None
+    tax_location: _LocationIn | None = None
+    performance_location: _LocationIn | None = None
     service_country: str | None = None
     unit_quantities: list[_UnitQuantityIn] | None = None
     properties: tuple[UsageProperty, ...] | None = None
 
 
 _FAST_DECODER = msgspec.json.Decoder(_EventIn)
+_ENCODER = msgspec.json.Encoder()
 
 
-def _repeats_a_key(value: bytes) -> bool:
-    """Whether an object of the record repeats a key (or this cannot tell), without a
-    Python hook per object: decoded last-wins and written again, the record loses at
-    least the ':' of each repeated key, and no string changes its count of ':'."""
+class CommonEvent(NamedTuple):
+    event: UsageEvent
+    text: str  # the record as it was written
+    utc_dates: tuple[str, str]  # startDate and endDate in canonical text (`format_utc`)
+
+
+def _repeats_a_key(value: bytes, incoming: _EventIn) -> bool:
+    """Whether an object of the record repeats a key (or this cannot tell).
+
+    Each key of a record is one ':' outside its strings, and a string holds as many as it
+    decodes to (no `\\u` escape here). So the record has as many ':' as its decoded
+    struct written again exactly when every key it gave is one the struct kept: when no
+    key repeats, none is unknown and none is given null. The last two are rarer; the
+    record decoded last-wins and written again tells them apart, at twice the cost."""
+    if _ENCODER.encode(incoming).count(b":") == value.count(b":"):
+        return False
     try:
         again = orjson.dumps(orjson.loads(value))
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
@@ -75,35 +94,41 @@ def _repeats_a_key(value: bytes) -> bool:
     return again.count(b":") != value.count(b":")
 
 
-def _event_of(incoming: _EventIn) -> UsageEvent:
+def _event_of(incoming: _EventIn, text: str) -> CommonEvent:
     """The rules msgspec's types cannot say; ValueError where one is broken."""
-    quantities = incoming.unit_quantities
-    return UsageEvent(
-        external_reference=incoming.external_reference,
-        product_ident=incoming.product_ident,
-        start_date=parse_date_time(incoming.start_date),
-        end_date=parse_date_time(incoming.end_date),
-        contract_id=incoming.contract_id,
-        debtor_id=incoming.debtor_id,
-        description=incoming.description,
-        operating_site=incoming.operating_site,
-        tax_location=_with_country_code(incoming.tax_location),
-        performance_location=_with_country_code(incoming.performance_location),
-        service_country=None
-        if incoming.service_country is None
-        else country_code(incoming.service_country),
-        unit_quantities=None
+    start_date, start_text = parse_instant(incoming.start_date)
+    end_date, end_text = parse_instant(incoming.end_date)
+    quantities, country = incoming.unit_quantities, incoming.service_country
+    event = UsageEvent(
+        incoming.external_reference,
+        incoming.product_ident,
+        start_date,
+        end_date,
+        incoming.contract_id,
+        incoming.debtor_id,
+        incoming.description,
+        incoming.operating_site,
+        _location(incoming.tax_location),
+        _location(incoming.performance_location),
+        None if country is None else country_code(country),
+        None
         if quantities is None
         else tuple([UnitQuantity(q.unit, _quantity(q.quantity)) for q in quantities]),
-        properties=incoming.properties,
+        incoming.properties,
     )
+    return CommonEvent(event, text, (start_text, end_text))
 
 
-def _with_country_code(location: Location | None) -> Location | None:
-    if location is None or location.country is None:
-        return location
-    code = country_code(location.country)
-    return location if code == location.country else msgspec.structs.replace(location, country=code)
+def _location(location: _LocationIn | None) -> Location | None:
+    if location is None:
+        return None
+    country = location.country
+    return Location(
+        location.city,
+        None if country is None else country_code(country),
+        location.postal_code,
+        location.region,
+    )
 
 
 # A quantity already in normal form and within the digit limits: 18 digits at most
@@ -126,18 +151,18 @@ def _quantity(raw: msgspec.Raw) -> Decimal:
     return parse_quantity(number)
 
 
-def decode_common_event(value: bytes) -> tuple[UsageEvent, str] | None:
-    """The event and the record's text, or None where the exact path must decide."""
+def decode_common_event(value: bytes) -> CommonEvent | None:
+    """The event, the record's text and its dates in UTC, or None where the exact
+    path must decide."""
     # Only a \\u escape can spell NUL, a lone surrogate or a ':' inside a string: without
     # one, every string msgspec decodes is storable and `_repeats_a_key` is exact.
     if b"\\u" in value:
         return None
     try:
         incoming = _FAST_DECODER.decode(value)
-        text = value.decode("utf-8")
-        event = _event_of(incoming)
+        common = _event_of(incoming, value.decode("utf-8"))
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError, ValueError):
         return None
-    if _repeats_a_key(value):
+    if _repeats_a_key(value, incoming):
         return None
-    return event, text
+    return common

@@ -91,6 +91,29 @@ def parse_date_time(value: object) -> datetime:
     if not _COMMON_DATE_TIME.fullmatch(value):
         _check_spelling(value)
         value = value.upper()  # RFC 3339 allows "t" and "z"
+    return _utc(value)
+
+
+def parse_instant(value: str) -> tuple[datetime, str]:
+    """`parse_date_time` and `format_utc` of it at once. The spelling nearly every
+    producer uses in UTC ("2026-11-22T10:00:00Z", a fraction of up to six digits) is
+    already the canonical text but for the fraction's padding: no formatting needed."""
+    if _COMMON_DATE_TIME.fullmatch(value):
+        instant = _utc(value)
+        if value[-1] == "Z":
+            if len(value) == _SECONDS_Z:
+                return instant, value[:-1] + ".000000Z"
+            return instant, value[:-1].ljust(_MICROSECONDS_Z - 1, "0") + "Z"
+        return instant, format_utc(instant)
+    instant = parse_date_time(value)
+    return instant, format_utc(instant)
+
+
+# Lengths of "2026-11-22T10:00:00Z" and "2026-11-22T10:00:00.000000Z".
+_SECONDS_Z, _MICROSECONDS_Z = 20, 27
+
+
+def _utc(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is UTC:  # "Z": nothing to convert
@@ -117,11 +140,22 @@ def _check_spelling(value: str) -> None:
 def format_utc(value: datetime) -> str:
     """The one text form of instants this service writes: RFC 3339, UTC, microseconds.
 
-    (Not strftime: its %Y does not pad years before 1000 to four digits.)"""
+    (Not strftime: its %Y does not pad years before 1000 to four digits. Not isoformat:
+    the same text at twice the cost.)"""
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    # An instant in UTC always ends "+00:00": six characters, swapped for "Z".
-    return value.isoformat(timespec="microseconds")[:-6] + "Z"
+    return _UTC_FORMAT % (
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+    )
+
+
+_UTC_FORMAT = "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ"
 
 
 UtcDateTime = Annotated[

@@ -212,13 +212,10 @@ def _nested_too_deeply(value: bytes) -> bool:
 
 def _fast_path(value: bytes) -> ValidEvent | None:
     """The valid event, or None where the exact path must decide."""
-    decoded = decode_common_event(value)
-    if decoded is None:
+    common = decode_common_event(value)
+    if common is None or _cross_field_errors(common.event):
         return None
-    event, text = decoded
-    if _cross_field_errors(event):
-        return None
-    return _valid(event, text)
+    return _valid(common.event, common.text, common.utc_dates)
 
 
 # --- the exact path -------------------------------------------------------------------
@@ -278,9 +275,10 @@ def _location_from_model(location: models.Location | None) -> Location | None:
 # --- what both paths share -------------------------------------------------------------
 
 
-def _valid(event: UsageEvent, text: str) -> ValidEvent:
+def _valid(event: UsageEvent, text: str, utc_dates: tuple[str, str] | None = None) -> ValidEvent:
+    """`utc_dates`: startDate and endDate as `format_utc` writes them, where known."""
     event = apply_defaults(event)
-    canonical = canonical_event(event)
+    canonical = canonical_event(event, utc_dates)
     return ValidEvent(
         event=event,
         raw=text,
@@ -311,16 +309,22 @@ def _cross_field_errors(event: UsageEvent) -> list[OutcomeError]:
         errors.append(_violation("endDate", "must not be before startDate"))
     if event.contract_id is None and event.debtor_id is None:
         errors.append(_violation("debtorId", "is required when contractId is absent"))
-    units: set[str] = set()
-    for index, item in enumerate(event.unit_quantities or ()):
-        if item.unit in units:
-            errors.append(_violation(f"unitQuantities.{index}.unit", f"unit {item.unit!r} repeats"))
-        units.add(item.unit)
-    names: set[str] = set()
-    for index, prop in enumerate(event.properties or ()):
-        if prop.name in names:
-            errors.append(_violation(f"properties.{index}.name", f"name {prop.name!r} repeats"))
-        names.add(prop.name)
+    quantities, properties = event.unit_quantities, event.properties
+    if quantities and len(quantities) > 1:
+        errors += _repeats("unitQuantities", "unit", [q.unit for q in quantities])
+    if properties and len(properties) > 1:
+        errors += _repeats("properties", "name", [p.name for p in properties])
+    return errors
+
+
+def _repeats(field: str, member: str, values: list[str]) -> list[OutcomeError]:
+    if len(set(values)) == len(values):  # the common case
+        return []
+    errors, seen = [], set()
+    for index, value in enumerate(values):
+        if value in seen:
+            errors.append(_violation(f"{field}.{index}.{member}", f"{member} {value!r} repeats"))
+        seen.add(value)
     return errors
 
 
@@ -381,20 +385,22 @@ class CanonicalEvent(msgspec.Struct, frozen=True, gc=False, rename="camel"):
     unit_quantities: tuple[CanonicalQuantity, ...] | None
 
 
-def canonical_event(event: UsageEvent) -> CanonicalEvent:
+def canonical_event(event: UsageEvent, utc_dates: tuple[str, str] | None = None) -> CanonicalEvent:
+    """`utc_dates`: startDate and endDate as `format_utc` writes them, where known."""
     quantities, properties = event.unit_quantities, event.properties
+    start, end = utc_dates or (format_utc(event.start_date), format_utc(event.end_date))
     return CanonicalEvent(
         event.contract_id,
         event.debtor_id if event.contract_id is None else None,
         event.description,
-        format_utc(event.end_date),
+        end,
         event.external_reference,
         event.operating_site,
         event.performance_location,
         event.product_ident,
         None if properties is None else _sorted_by_name(properties),
         None,
-        format_utc(event.start_date),
+        start,
         event.tax_location,
         None if quantities is None else _sorted_by_unit(quantities),
     )

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.chaos.hostile import hypothesis_settings, numbers_anywhere
 from usage_ingest.errors import ErrorCode, WarningCode
 from usage_ingest.events import Location
-from usage_ingest.models import format_utc
+from usage_ingest.models import format_utc, parse_date_time, parse_instant
 from usage_ingest.validation import (
     MAX_NESTING,
     InvalidEvent,
@@ -1007,3 +1008,35 @@ def test_usage_date_is_the_utc_date_of_start_date() -> None:
 )
 def test_instants_are_written_in_one_rfc3339_form(instant: datetime, text: str) -> None:
     assert format_utc(instant) == text
+
+
+@hypothesis_settings(400)
+@given(instant=st.datetimes(timezones=st.timezones()))
+def test_format_utc_writes_what_isoformat_would(instant: datetime) -> None:
+    as_utc = instant.astimezone(UTC)
+    assert format_utc(instant) == as_utc.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def _spellings() -> st.SearchStrategy[str]:
+    """Date-times as producers write them: any fraction length, Z, offsets, none."""
+    fraction = st.sampled_from(["", ".5", ".123", ".123456", ".1234567", ",25"])
+    zone = st.sampled_from(["Z", "z", "", "+01:00", "-05:30", "+23:59", "+01", "+0100", "+24:00"])
+    return st.builds(
+        lambda moment, frac, tz: moment.strftime("%Y-%m-%dT%H:%M:%S") + frac + tz,
+        # Naive on purpose: the offset is written after, as text.
+        st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),  # noqa: DTZ001
+        fraction,
+        zone,
+    )
+
+
+@hypothesis_settings(600)
+@given(text=_spellings())
+def test_parse_instant_is_parse_date_time_and_format_utc(text: str) -> None:
+    try:
+        expected = parse_date_time(text)
+    except ValueError:
+        with pytest.raises(ValueError, match=r"date-time|offset"):
+            parse_instant(text)
+        return
+    assert parse_instant(text) == (expected, format_utc(expected))

@@ -75,6 +75,8 @@ COMMON: dict[str, Any] = {
         pytest.param({"unitQuantities": [], "properties": []}, id="empty-lists"),
         pytest.param({"description": "Anruf nach München"}, id="non-ascii"),
         pytest.param({"unitQuantities": [{"unit": "mb", "quantity": 1.25e3}]}, id="exponent"),
+        pytest.param({"description": None, "operatingSite": None}, id="given-null"),
+        pytest.param({"startDate": "2026-11-22T09:00:00.25Z"}, id="fraction"),
     ],
 )
 def test_the_fast_path_takes_the_common_record(changes: dict[str, Any]) -> None:
@@ -92,6 +94,15 @@ def test_the_fast_path_takes_the_common_record(changes: dict[str, Any]) -> None:
         ),
         pytest.param(json.dumps(COMMON)[:-1] + ', "x": {"a": 1, "a": 1}}', id="unknown-field"),
         pytest.param(json.dumps(COMMON)[:-1] + ', "x": [{"a:b": 1, "a:b": 2}]}', id="colon-key"),
+        # A key given null and one repeated: the decoded record is two keys short.
+        pytest.param(
+            json.dumps({**COMMON, "description": None})[:-1] + ', "productIdent": "data.uk"}',
+            id="null-and-repeat",
+        ),
+        pytest.param(
+            json.dumps(COMMON).replace('"unit": "sms"', '"unit": "sms", "unit": "mb"'),
+            id="in-a-list",
+        ),
     ],
 )
 def test_the_fast_path_leaves_repeated_keys_to_the_exact_path(raw: str | bytes) -> None:
