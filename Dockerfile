@@ -6,7 +6,7 @@
 #   docker build -t usage-ingest:0.1.0 .
 #
 # The package is built from this repository (never fetched from a registry); its wheel carries
-# the sql/ migrations and queries. Every dependency is installed from a binary wheel, so
+# the migrations and queries (src/usage_ingest/store/sql/, package data). Every dependency is installed from a binary wheel, so
 # neither stage needs a compiler, and the final stage has none.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
@@ -20,8 +20,6 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY sql/ sql/
-# src/usage_ingest/sql is a symbolic link to ../../sql: both are in place now.
 COPY src/ src/
 
 RUN python -m venv /opt/usage-ingest \

@@ -27,8 +27,8 @@ from pydantic import SecretStr
 
 from bench import procfs
 from bench.workload import BenchEvent, Tally
-from usage_ingest.embedded import EmbeddedBroker, EmbeddedPostgres
-from usage_ingest.reference_data import ReferenceFile
+from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.settings import Settings
 from usage_ingest.store import Store
 

@@ -35,12 +35,13 @@ from bench.workload import (
     EventStream,
     ReferenceModel,
 )
-from usage_ingest.kafka import EventConsumer, InputRecord, OutputProducer, OutputRecord
-from usage_ingest.lag_command import lag_report
-from usage_ingest.pipeline import _usage_row
-from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
-from usage_ingest.store import USAGE_COLUMNS, Store, UsageRow
-from usage_ingest.validation import ValidEvent, validate_record
+from usage_ingest.cli.lag import lag_report
+from usage_ingest.domain.records import USAGE_COLUMNS, InputRecord, OutputRecord, UsageRow
+from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
+from usage_ingest.domain.validation import ValidEvent, validate_record
+from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.store import Store
+from usage_ingest.worker.pipeline import _usage_row
 
 _COLUMNS: Final = USAGE_COLUMNS
 _COPY_CHUNK: Final = 20_000

@@ -19,10 +19,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from usage_ingest.kafka import InputRecord, OutputRecord, Partition
-from usage_ingest.pipeline import Pipeline
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
 from usage_ingest.settings import Settings
 from usage_ingest.store import Store
+from usage_ingest.worker.pipeline import Pipeline
 
 
 class _NotUsed:

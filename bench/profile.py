@@ -20,7 +20,7 @@ from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 _PROJECT = "usage_ingest/"
-_ENTRY = "usage_ingest/cli.py"
+_ENTRY = "usage_ingest/cli/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procfs
 from bench.environment import BenchEnvironment, Topics
-from usage_ingest.embedded import free_port
+from usage_ingest.dev.embedded import free_port
 from usage_ingest.settings import ENV_PREFIX
 
 POLL_S: Final = 0.1

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, Final
 
-from usage_ingest.reference_data import (
+from usage_ingest.domain.reference import (
     ContractIn,
     InventoryIn,
     ProductItemIn,

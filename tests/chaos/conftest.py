@@ -31,7 +31,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, re-used as th
     make_settings,
     postgres_admin_url,
 )
-from usage_ingest.embedded import free_port
+from usage_ingest.dev.embedded import free_port
 from usage_ingest.settings import Settings
 
 RESULTS_FILE = Path(__file__).parents[2] / "build" / "chaos" / "results.json"

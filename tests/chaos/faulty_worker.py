@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from usage_ingest import cli
-from usage_ingest.kafka import EventConsumer, OutputProducer, OutputRecord, Partition
-from usage_ingest.store import Store, StoredUsage, UsageRow
+from usage_ingest.domain.records import OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.store import Store
 
 KILLED = 137  # the exit status of a process killed by SIGKILL, as a shell reports it
 

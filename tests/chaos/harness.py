@@ -34,15 +34,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from pydantic import SecretStr
 
+from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.kafka import connection_options
-from usage_ingest.reference_data import read_reference_file
 from usage_ingest.settings import Settings
 from usage_ingest.store import Store
 
 PROJECT = Path(__file__).parents[2]
 EXE = str(Path(sys.executable).parent / "usage-ingest")
 FAULTY_WORKER = str(Path(__file__).with_name("faulty_worker.py"))
-DEMO_REFERENCE = PROJECT / "src" / "usage_ingest" / "demo_reference.json"
+DEMO_REFERENCE = PROJECT / "src" / "usage_ingest" / "dev" / "demo_reference.json"
 INPUT_PARTITIONS = 3
 POLL_S = 0.05
 # Every scenario is repeatable: its random choices come from this seed.

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.chaos.conftest import Chaos
 from tests.chaos.harness import TcpProxy, check, produce, sequence, unique
-from usage_ingest.embedded import EmbeddedBroker, free_port
+from usage_ingest.dev.embedded import EmbeddedBroker, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

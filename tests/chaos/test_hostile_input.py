@@ -40,20 +40,19 @@ from tests.chaos.harness import (
     wait_committed,
 )
 from tests.chaos.hostile import draw_many, hostile_records, hypothesis_settings
-from usage_ingest.errors import ErrorCode
-from usage_ingest.kafka import InputRecord
-from usage_ingest.models import IDENT_PATTERN
-from usage_ingest.pipeline import DEAD_LETTER_HEADERS, Pipeline
-from usage_ingest.resolution import (
+from usage_ingest.domain.messages import IDENT_PATTERN
+from usage_ingest.domain.records import InputRecord, StoredUsage, UsageRow
+from usage_ingest.domain.resolution import (
     Contract,
     Inventory,
     ProductItem,
     ReferenceKeys,
     ReferenceSnapshot,
 )
+from usage_ingest.domain.validation import InvalidEvent, ValidEvent, validate_record
+from usage_ingest.errors import ErrorCode
 from usage_ingest.settings import Settings
-from usage_ingest.store import StoredUsage, UsageRow
-from usage_ingest.validation import InvalidEvent, ValidEvent, validate_record
+from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS, Pipeline
 
 CASES = int(os.environ.get("CHAOS_HOSTILE_CASES", "2500"))
 THROUGH_WORKER = 300

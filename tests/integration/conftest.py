@@ -5,7 +5,7 @@ Which servers, in order of preference:
    (`USAGE_INGEST_TEST_KAFKA_BOOTSTRAP_SERVERS`, `USAGE_INGEST_TEST_DATABASE_URL`,
    the latter an admin URL on which fresh databases are created);
 2. Apache Kafka and Postgres containers, when a Docker engine answers;
-3. the embedded broker and Postgres of `usage_ingest.embedded` (pip packages only).
+3. the embedded broker and Postgres of `usage_ingest.dev.embedded` (pip packages only).
 
 Every test gets its own database, topics and consumer group, so tests never
 see each other's data.
@@ -30,11 +30,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
-from usage_ingest.bootstrap import open_store, run_worker
-from usage_ingest.embedded import EmbeddedBroker, EmbeddedPostgres
+from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
 from usage_ingest.kafka import ensure_topics
-from usage_ingest.pipeline import Counters
 from usage_ingest.settings import Settings
+from usage_ingest.worker.pipeline import Counters
+from usage_ingest.worker.runtime import open_store, run_worker
 
 pytestmark = pytest.mark.integration
 
@@ -290,4 +290,4 @@ async def committed_offsets(settings: Settings) -> dict[int, int | None]:
         await consumer.stop()
 
 
-DEMO_REFERENCE = Path(__file__).parents[2] / "src" / "usage_ingest" / "demo_reference.json"
+DEMO_REFERENCE = Path(__file__).parents[2] / "src" / "usage_ingest" / "dev" / "demo_reference.json"

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.api_support import ApiWorld, close_world, open_world
 from tests.integration.conftest import create_database
-from usage_ingest.request_limits import MAX_PATCH_OPERATIONS
+from usage_ingest.api.limits import MAX_PATCH_OPERATIONS
 
 BUDGET_S = 0.5
 PATCH = {"Content-Type": "application/json-patch+json"}

@@ -26,11 +26,11 @@ from tests.integration.conftest import (
     committed_offsets,
     read_topic,
 )
-from usage_ingest.bootstrap import open_store
-from usage_ingest.embedded import free_port
+from usage_ingest.dev.embedded import free_port
+from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.errors import ExitCode
-from usage_ingest.reference_data import read_reference_file
 from usage_ingest.settings import Settings
+from usage_ingest.worker.runtime import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -40,16 +40,17 @@ from tests.integration.conftest import (
     create_topics,
     make_settings,
 )
-from usage_ingest import bootstrap
-from usage_ingest.bootstrap import open_store
-from usage_ingest.embedded import EmbeddedPostgres
+from usage_ingest.dev.embedded import EmbeddedPostgres
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.reference import read_reference_file
+from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot
 from usage_ingest.errors import DependencyUnavailable
-from usage_ingest.kafka import EventConsumer, InputRecord, OutputProducer, OutputRecord, Partition
-from usage_ingest.pipeline import Pipeline
-from usage_ingest.reference_data import read_reference_file
-from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot
+from usage_ingest.kafka import EventConsumer, OutputProducer
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store, StoredUsage, UsageRow
+from usage_ingest.store import Store
+from usage_ingest.worker import runtime as bootstrap
+from usage_ingest.worker.pipeline import Pipeline
+from usage_ingest.worker.runtime import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from usage_ingest.embedded import (
+from usage_ingest.dev.embedded import (
     EmbeddedBroker,
     EmbeddedPostgres,
     EmbeddedUnavailable,

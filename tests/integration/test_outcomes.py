@@ -23,10 +23,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.integration.conftest import RunningWorker, create_database, make_settings
-from usage_ingest.bootstrap import open_store
+from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.kafka import ensure_topics
-from usage_ingest.reference_data import ReferenceFile
 from usage_ingest.settings import Settings
+from usage_ingest.worker.runtime import open_store
 
 pytestmark = pytest.mark.integration
 

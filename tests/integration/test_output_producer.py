@@ -6,7 +6,8 @@ publishes, rely on one key staying on one partition)."""
 from __future__ import annotations
 
 from tests.integration.conftest import produce, read_topic
-from usage_ingest.kafka import OutputProducer, OutputRecord, ensure_topics
+from usage_ingest.domain.records import OutputRecord
+from usage_ingest.kafka import OutputProducer, ensure_topics
 from usage_ingest.settings import Settings
 
 PARTITIONS = 6

@@ -30,11 +30,11 @@ from tests.integration.conftest import (
     produce,
     read_topic,
 )
-from usage_ingest.bootstrap import open_store
-from usage_ingest.embedded import free_port
-from usage_ingest.reference_data import read_reference_file
+from usage_ingest.dev.embedded import free_port
+from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
-from usage_ingest.supervisor import CrashLoop, RestartPolicy, Supervisor
+from usage_ingest.worker.runtime import open_store
+from usage_ingest.worker.supervisor import CrashLoop, RestartPolicy, Supervisor
 
 pytestmark = pytest.mark.integration
 

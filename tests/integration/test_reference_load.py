@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 
 from tests.integration.conftest import DEMO_REFERENCE
+from usage_ingest.domain.reference import ReferenceFile
+from usage_ingest.domain.resolution import ReferenceKeys
 from usage_ingest.errors import ReferenceDataError
-from usage_ingest.reference_data import ReferenceFile
-from usage_ingest.resolution import ReferenceKeys
 from usage_ingest.store import LoadCounts, Store
 
 pytestmark = pytest.mark.integration

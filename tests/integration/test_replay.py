@@ -38,11 +38,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.integration.conftest import DEMO_REFERENCE, RunningWorker, create_database, make_settings
-from usage_ingest.bootstrap import open_store
-from usage_ingest.kafka import InputRecord, OutputProducer, Partition, ReplayReader, ensure_topics
-from usage_ingest.reference_data import ReferenceFile, read_reference_file
-from usage_ingest.replay import ReplayPlan, ReplaySummary, replay
+from usage_ingest.domain.records import InputRecord, Partition
+from usage_ingest.domain.reference import ReferenceFile, read_reference_file
+from usage_ingest.kafka import OutputProducer, ReplayReader, ensure_topics
+from usage_ingest.replay.run import ReplayPlan, ReplaySummary, replay
 from usage_ingest.settings import Settings
+from usage_ingest.worker.runtime import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from usage_ingest import api_keys
-from usage_ingest.api_keys import Permission
+from usage_ingest.api import keys as api_keys
+from usage_ingest.api.keys import Permission
 
 
 def test_permissions_are_exactly_those_of_the_spec() -> None:

@@ -17,8 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usage_ingest.models import format_decimal
-from usage_ingest.validation import ValidEvent, canonical_payload, canonical_text, validate_record
+from usage_ingest.domain.messages import format_decimal
+from usage_ingest.domain.validation import (
+    ValidEvent,
+    canonical_payload,
+    canonical_text,
+    validate_record,
+)
 
 MAX_BYTES = 65536
 ABSENT = object()

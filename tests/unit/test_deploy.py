@@ -416,7 +416,6 @@ def test_no_compiler_reaches_the_runtime_stage_and_the_package_comes_from_this_r
         assert tool not in runtime_text, f"{tool} in the runtime stage"
     assert "COPY --from=build" in "\n".join(f"{k} {r}" for k, r in stages()[-1])
     build_text = "\n".join(f"{k} {r}" for k, r in stages()[0])
-    assert "COPY sql/ sql/" in build_text
     assert "COPY src/ src/" in build_text
     assert "pip wheel --no-deps --wheel-dir /wheels ." in build_text
     assert "--only-binary=:all: /wheels/usage_ingest-" in build_text, "deps as wheels only"
@@ -431,16 +430,16 @@ def test_the_build_context_holds_what_the_wheel_needs_and_nothing_else() -> None
     ]
     assert lines[0] == "*", "an allow-list: everything is excluded first"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "sql", "src"}
+    assert allowed == {"pyproject.toml", "README.md", "src"}
 
 
 def test_the_wheel_carries_the_sql_files() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    package_data = pyproject["tool"]["setuptools"]["package-data"]["usage_ingest"]
+    package_data = pyproject["tool"]["setuptools"]["package-data"]["usage_ingest.store"]
     assert "sql/*.sql" in package_data
-    link = ROOT / "src" / "usage_ingest" / "sql"
-    assert link.resolve() == (ROOT / "sql").resolve()
-    assert sorted(p.name for p in link.glob("0*.sql")), "no migrations"
+    sql = ROOT / "src" / "usage_ingest" / "store" / "sql"
+    assert not sql.is_symlink(), "package data, not a link out of the package"
+    assert sorted(p.name for p in sql.glob("0*.sql")), "no migrations"
 
 
 @pytest.mark.parametrize("path", ["docker-compose.yml", "Dockerfile", ".dockerignore"])

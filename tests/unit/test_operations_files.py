@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from usage_ingest.metrics import WorkerMetrics
+from usage_ingest.worker.metrics import WorkerMetrics
 
 OPS = Path(__file__).parents[2] / "ops"
 METRIC_NAME = re.compile(r"\busage_ingest_[a-z0-9_]+")

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.unit.test_pipeline import event, make_pipeline, record, run_until_drained
-from usage_ingest.models import Outcome
+from usage_ingest.domain.messages import Outcome
 
 RECORDS = [
     record(event("created"), 0),

@@ -17,10 +17,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from usage_ingest.cli import main
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
 from usage_ingest.errors import BrokerUnavailable
-from usage_ingest.kafka import InputRecord, OutputRecord, Partition
-from usage_ingest.pipeline import DEAD_LETTER_HEADERS
-from usage_ingest.replay import (
+from usage_ingest.replay.run import (
     H_REPLAYED_AT,
     DeadLetter,
     ReplayFailed,
@@ -35,7 +34,8 @@ from usage_ingest.replay import (
     replay,
     replayed_record,
 )
-from usage_ingest.replay_view import ReplayProgress, print_summary
+from usage_ingest.replay.view import ReplayProgress, print_summary
+from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS
 
 DLQ = "usage.events.dlq"
 EVENTS = "usage.events"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.unit.test_api_query import OPERATIONS, RECORD, query
 from usage_ingest import api
 from usage_ingest.api import ApiError, apply_patch
-from usage_ingest.request_limits import (
+from usage_ingest.api.limits import (
     MAX_FILTERS,
     MAX_PATCHED_DOCUMENT_BYTES,
     MAX_REPEATS_PER_FILTER,

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from usage_ingest.errors import ErrorCode
-from usage_ingest.events import UsageEvent
-from usage_ingest.models import OutcomeError
-from usage_ingest.resolution import (
+from usage_ingest.domain.events import UsageEvent
+from usage_ingest.domain.messages import OutcomeError
+from usage_ingest.domain.resolution import (
     Contract,
     Inventory,
     ProductItem,
@@ -21,7 +20,8 @@ from usage_ingest.resolution import (
     Resolution,
     resolve,
 )
-from usage_ingest.validation import ValidEvent, validate_record
+from usage_ingest.domain.validation import ValidEvent, validate_record
+from usage_ingest.errors import ErrorCode
 
 DAY = date(2026, 11, 22)
 SITE = 100

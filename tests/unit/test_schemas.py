@@ -11,11 +11,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from usage_ingest.models import Outcome, UsageEvent
-from usage_ingest.reference_data import ReferenceFile
+from usage_ingest.domain.messages import Outcome, UsageEvent
+from usage_ingest.domain.reference import ReferenceFile
 
 SCHEMAS_DIR = Path(__file__).parents[2] / "schemas"
-DEMO_REFERENCE = Path(__file__).parents[2] / "src" / "usage_ingest" / "demo_reference.json"
+DEMO_REFERENCE = Path(__file__).parents[2] / "src" / "usage_ingest" / "dev" / "demo_reference.json"
 EXPECTED = {
     "usage-event.schema.json": UsageEvent,
     "outcome.schema.json": Outcome,
@@ -26,9 +26,9 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def schemas_module() -> ModuleType:
     # Imported here, not at the top: a missing module fails these tests only.
-    import usage_ingest.schemas
+    import usage_ingest.domain.schemas
 
-    return usage_ingest.schemas
+    return usage_ingest.domain.schemas
 
 
 def checked_in(name: str) -> dict[str, Any]:

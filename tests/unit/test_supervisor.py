@@ -7,7 +7,7 @@ from pydantic import SecretStr
 
 from usage_ingest.errors import ConfigurationError
 from usage_ingest.settings import ENV_PREFIX, LogFormat, SaslMechanism, SecurityProtocol, Settings
-from usage_ingest.supervisor import (
+from usage_ingest.worker.supervisor import (
     CrashHistory,
     RestartPolicy,
     Supervisor,

@@ -17,16 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.chaos.hostile import hypothesis_settings, numbers_anywhere
-from usage_ingest.errors import ErrorCode, WarningCode
-from usage_ingest.events import Location
-from usage_ingest.models import format_utc, parse_date_time, parse_instant
-from usage_ingest.validation import (
+from usage_ingest.domain.events import Location
+from usage_ingest.domain.validation import (
     MAX_NESTING,
     InvalidEvent,
     ValidEvent,
     canonical_payload,
     validate_record,
 )
+from usage_ingest.errors import ErrorCode, WarningCode
+from usage_ingest.times import format_utc, parse_date_time, parse_instant
 
 MAX_BYTES = 65536
 ABSENT = object()  # marks a field to remove from the base event

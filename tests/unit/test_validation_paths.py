@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from tests.chaos.hostile import hostile_records, hypothesis_settings, numbers_anywhere
 from tests.unit.test_canonical_hash import valid_events
-from usage_ingest import validation
-from usage_ingest.validation import InvalidEvent, ValidEvent
+from usage_ingest.domain import validation
+from usage_ingest.domain.validation import InvalidEvent, ValidEvent
 
 MAX_BYTES = 65536
 

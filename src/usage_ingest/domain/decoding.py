@@ -16,7 +16,7 @@ from typing import Annotated, NamedTuple
 import msgspec
 import orjson
 
-from usage_ingest.events import (
+from usage_ingest.domain.events import (
     Location,
     Text255,
     Text1000,
@@ -24,14 +24,8 @@ from usage_ingest.events import (
     UsageEvent,
     UsageProperty,
 )
-from usage_ingest.models import (
-    ID_MAX,
-    ID_MIN,
-    IDENT_PATTERN,
-    country_code,
-    parse_instant,
-    parse_quantity,
-)
+from usage_ingest.domain.messages import ID_MAX, ID_MIN, IDENT_PATTERN, country_code, parse_quantity
+from usage_ingest.times import parse_instant
 
 # `$` would also match before a final newline in Python's `re`, which msgspec uses.
 _Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN.removesuffix("$") + r"\Z")]

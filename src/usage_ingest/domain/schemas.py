@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
-from usage_ingest.models import Outcome, UsageEvent
-from usage_ingest.reference_data import ReferenceFile
+from usage_ingest.domain.messages import Outcome, UsageEvent
+from usage_ingest.domain.reference import ReferenceFile
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "usage-event.schema.json": UsageEvent,

@@ -43,11 +43,11 @@ import structlog
 from pydantic import SecretStr
 from pydantic_core import to_jsonable_python
 
-from usage_ingest.embedded import parent_death_hook
+from usage_ingest.dev.embedded import parent_death_hook
 from usage_ingest.errors import ConfigurationError, ExitCode, UsageIngestError
 from usage_ingest.settings import ENV_PREFIX, MAX_PORT, Settings
 
-log = structlog.get_logger("usage_ingest.supervisor")
+log = structlog.get_logger("usage_ingest.worker.supervisor")
 
 __all__ = [
     "ChildRefused",

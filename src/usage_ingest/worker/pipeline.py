@@ -32,15 +32,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import structlog
 
-from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
-from usage_ingest.kafka import CommitRefused, InputRecord, OutputRecord, Partition
-from usage_ingest.metrics import WorkerMetrics
-from usage_ingest.models import OutcomeError
-from usage_ingest.outcomes import (
+from usage_ingest.domain.messages import OutcomeError
+from usage_ingest.domain.outcomes import (
     CREATED,
     DUPLICATE,
     REJECTED,
@@ -49,18 +46,22 @@ from usage_ingest.outcomes import (
     outcome_json,
     source,
 )
-from usage_ingest.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
-from usage_ingest.settings import Settings
-from usage_ingest.store import StoredUsage, UsageRow
-from usage_ingest.validation import (
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
+from usage_ingest.domain.validation import (
     InvalidEvent,
     ValidEvent,
     json_text,
     unit_quantities_json,
     validate_record,
 )
+from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
+from usage_ingest.kafka import CommitRefused
+from usage_ingest.ports import ConsumerPort, ProducerPort, StorePort
+from usage_ingest.settings import Settings
+from usage_ingest.worker.metrics import WorkerMetrics
 
-log = structlog.get_logger("usage_ingest.pipeline")
+log = structlog.get_logger("usage_ingest.worker.pipeline")
 T = TypeVar("T")
 
 # Dead-letter headers (SPEC.md §8). A header from an earlier failure is replaced.
@@ -76,26 +77,6 @@ DEAD_LETTER_HEADERS = frozenset(
     {H_CODE, H_MESSAGE, H_RETRYABLE, H_TOPIC, H_PARTITION, H_OFFSET, H_FAILED_AT, H_REPLAY_COUNT}
 )
 _MAX_HEADER_MESSAGE = 1000
-
-
-class StorePort(Protocol):
-    async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot: ...
-
-    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]: ...
-
-
-class ConsumerPort(Protocol):
-    async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]: ...
-
-    def highwater(self, partition: Partition) -> int | None: ...
-
-    async def commit(self, next_offsets: dict[Partition, int]) -> None: ...
-
-    async def rewind(self, partitions: Iterable[Partition]) -> None: ...
-
-
-class ProducerPort(Protocol):
-    async def publish(self, records: Sequence[OutputRecord]) -> list[OutputRecord]: ...
 
 
 @dataclass(slots=True)

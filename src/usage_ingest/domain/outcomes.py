@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from usage_ingest.models import OutcomeError, OutcomeWarning
+from usage_ingest.domain.messages import OutcomeError, OutcomeWarning
 
 Status = Literal["created", "duplicate", "rejected"]
 CREATED: Status = "created"

@@ -68,9 +68,42 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from usage_ingest import api_keys
-from usage_ingest.api_keys import Permission
-from usage_ingest.bootstrap import open_store
+from usage_ingest.api import keys as api_keys
+from usage_ingest.api.keys import Permission
+from usage_ingest.api.limits import (
+    MAX_IN_VALUES,
+    MAX_JSON_DEPTH,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    MAX_PATCH_OPERATIONS,
+    MAX_PATCHED_DOCUMENT_BYTES,
+    filter_count_problems,
+)
+from usage_ingest.domain.messages import (
+    ID_MAX,
+    ID_MIN,
+    IDENT_PATTERN,
+    INT64_MAX,
+    INT64_MIN,
+    Id,
+    Location,
+    Source,
+    UnitQuantity,
+    UsageEvent,
+    UsageProperty,
+    storable_text,
+)
+from usage_ingest.domain.records import OutputRecord
+from usage_ingest.domain.reference import (
+    ContractIn,
+    InventoryIn,
+    ProductItemIn,
+    ProductItemStatus,
+    ProductItemType,
+    ProductReferenceIn,
+    SingleLine,
+)
+from usage_ingest.domain.validation import InvalidEvent, repeated_key_problem, validate_record
 from usage_ingest.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -83,40 +116,7 @@ from usage_ingest.errors import (
     StoreUnavailable,
     UnknownReferencedRecord,
 )
-from usage_ingest.kafka import OutputProducer, OutputRecord
-from usage_ingest.models import (
-    ID_MAX,
-    ID_MIN,
-    IDENT_PATTERN,
-    INT64_MAX,
-    INT64_MIN,
-    Id,
-    Location,
-    Source,
-    UnitQuantity,
-    UsageEvent,
-    UsageProperty,
-    format_utc,
-    storable_text,
-)
-from usage_ingest.reference_data import (
-    ContractIn,
-    InventoryIn,
-    ProductItemIn,
-    ProductItemStatus,
-    ProductItemType,
-    ProductReferenceIn,
-    SingleLine,
-)
-from usage_ingest.request_limits import (
-    MAX_IN_VALUES,
-    MAX_JSON_DEPTH,
-    MAX_PAGE,
-    MAX_PAGE_SIZE,
-    MAX_PATCH_OPERATIONS,
-    MAX_PATCHED_DOCUMENT_BYTES,
-    filter_count_problems,
-)
+from usage_ingest.kafka import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store import (
     INVENTORY_FILTER_KINDS,
@@ -127,7 +127,8 @@ from usage_ingest.store import (
     InventoryListQuery,
     Store,
 )
-from usage_ingest.validation import InvalidEvent, repeated_key_problem, validate_record
+from usage_ingest.times import format_utc
+from usage_ingest.worker.runtime import open_store
 
 log = structlog.get_logger("usage_ingest.api")
 

@@ -26,13 +26,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
+from usage_ingest.domain.records import InputRecord, OutputRecord
+from usage_ingest.domain.validation import parse_json_object, readable_reference
 from usage_ingest.errors import DependencyUnavailable, ErrorCode, UsageIngestError
-from usage_ingest.kafka import InputRecord, OutputProducer, OutputRecord, Partition, ReplayReader
-from usage_ingest.pipeline import (
+from usage_ingest.kafka import OutputProducer, ReplayReader
+from usage_ingest.ports import ProducerPort, ReaderPort
+from usage_ingest.settings import Settings
+from usage_ingest.worker.pipeline import (
     DEAD_LETTER_HEADERS,
     H_CODE,
     H_FAILED_AT,
@@ -41,10 +45,8 @@ from usage_ingest.pipeline import (
     next_offsets,
     replay_count,
 )
-from usage_ingest.settings import Settings
-from usage_ingest.validation import parse_json_object, readable_reference
 
-log = structlog.get_logger("usage_ingest.replay")
+log = structlog.get_logger("usage_ingest.replay.run")
 T = TypeVar("T")
 
 H_REPLAYED_AT = "usage-ingest.replayed-at"
@@ -356,18 +358,6 @@ class ReplayPlan:
     show: int = DEFAULT_SHOW
     retry_initial_backoff_s: float = 0.2
     retry_max_backoff_s: float = 30.0
-
-
-class ReaderPort(Protocol):
-    async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]: ...
-
-    async def done(self) -> bool: ...
-
-    async def commit(self, next_offsets: dict[Partition, int]) -> None: ...
-
-
-class ProducerPort(Protocol):
-    async def publish(self, records: Sequence[OutputRecord]) -> list[OutputRecord]: ...
 
 
 Progress = Callable[[ReplaySummary], None]

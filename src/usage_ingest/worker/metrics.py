@@ -32,7 +32,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-log = structlog.get_logger("usage_ingest.metrics")
+log = structlog.get_logger("usage_ingest.worker.metrics")
 
 # The `_created` series of counters and histograms double the output and no
 # dashboard or alert here uses them.

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import NamedTuple
 
+from usage_ingest.domain.events import UsageEvent
+from usage_ingest.domain.messages import OutcomeError
 from usage_ingest.errors import ErrorCode
-from usage_ingest.events import UsageEvent
-from usage_ingest.models import OutcomeError
 
 USAGE_BASED = "USAGE_BASED"
 ACTIVE = "ACTIVE"

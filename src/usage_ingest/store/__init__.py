@@ -17,10 +17,19 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import asyncpg
 
+from usage_ingest.domain.records import USAGE_COLUMNS, StoredUsage, UsageRow
+from usage_ingest.domain.reference import ContractIn, InventoryIn, ProductItemIn, ReferenceFile
+from usage_ingest.domain.resolution import (
+    Contract,
+    Inventory,
+    ProductItem,
+    ReferenceKeys,
+    ReferenceSnapshot,
+)
 from usage_ingest.errors import (
     DuplicateRecord,
     OverlappingProductReference,
@@ -29,14 +38,6 @@ from usage_ingest.errors import (
     StoreRefusedData,
     StoreUnavailable,
     UnknownReferencedRecord,
-)
-from usage_ingest.reference_data import ContractIn, InventoryIn, ProductItemIn, ReferenceFile
-from usage_ingest.resolution import (
-    Contract,
-    Inventory,
-    ProductItem,
-    ReferenceKeys,
-    ReferenceSnapshot,
 )
 
 if TYPE_CHECKING:
@@ -111,47 +112,6 @@ async def _translated_errors(action: str) -> AsyncIterator[None]:
         if _is_transient(exc):
             raise StoreUnavailable(detail) from exc
         raise StoreRefusedData(detail) from exc
-
-
-class UsageRow(NamedTuple):
-    """One usage to store, in the column order of the `usage_batch` staging table: a
-    tuple, as COPY takes it."""
-
-    external_reference: str
-    contract_id: int
-    debtor_id: int
-    inventory_id: int
-    product_item_id: int
-    product_ident: str
-    description: str | None
-    start_date: str  # RFC 3339 in UTC, as in the canonical payload: Postgres reads it
-    end_date: str
-    operating_site: str | None
-    tax_location: str | None
-    performance_location: str | None
-    service_country: str | None
-    unit_quantities: str | None
-    properties: str | None
-    billable: bool
-    payload_hash: str
-    raw_payload: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
-
-
-USAGE_COLUMNS: tuple[str, ...] = UsageRow._fields
-
-
-class StoredUsage(NamedTuple):  # one per stored record: a tuple is built in C
-    """The row that holds an external reference after `store_usages`."""
-
-    usage_id: int
-    inserted: bool
-    payload_hash: str
-    source_topic: str
-    source_partition: int
-    source_offset: int
 
 
 @dataclass(slots=True)

@@ -21,8 +21,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from usage_ingest.domain.messages import Id, Text255, Text255NonEmpty, Text1000
 from usage_ingest.errors import ReferenceDataError
-from usage_ingest.models import Id, Text255, Text255NonEmpty, Text1000
 
 NonNegativeInt64 = Annotated[int, Field(ge=0, le=2**63 - 1)]
 

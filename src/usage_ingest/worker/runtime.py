@@ -15,15 +15,15 @@ import structlog
 
 from usage_ingest.errors import ConfigurationError, DependencyUnavailable
 from usage_ingest.kafka import EventConsumer, OutputProducer, refuse_bad_security
-from usage_ingest.metrics import (
+from usage_ingest.settings import ENV_PREFIX, Settings
+from usage_ingest.store import Store
+from usage_ingest.worker.metrics import (
     ReadinessCheck,
     WorkerMetrics,
     serve_operations,
     watch_readiness,
 )
-from usage_ingest.pipeline import Counters, Pipeline
-from usage_ingest.settings import ENV_PREFIX, Settings
-from usage_ingest.store import Store
+from usage_ingest.worker.pipeline import Counters, Pipeline
 
 GC_THRESHOLDS = (50_000, 20, 100)
 log = structlog.get_logger("usage_ingest.worker")

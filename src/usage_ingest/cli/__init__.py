@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from pydantic import ValidationError
 
-from usage_ingest.api_keys import Permission
+from usage_ingest.api.keys import Permission
 from usage_ingest.errors import ExitCode, ReferenceDataError, UsageIngestError
 from usage_ingest.logs import configure_logging
 from usage_ingest.settings import ENV_PREFIX, Settings, default_text, value_kind
@@ -157,7 +157,7 @@ def main() -> None:
 @settings_options
 def migrate(settings: Settings) -> None:
     """Apply the sql/ migrations (idempotent)."""
-    from usage_ingest.bootstrap import open_store
+    from usage_ingest.worker.runtime import open_store
 
     async def go() -> list[str]:
         store = await open_store(settings)
@@ -182,8 +182,8 @@ def reference() -> None:
 @settings_options
 def reference_load(file: Path, settings: Settings) -> None:
     """Upsert reference data from a JSON FILE, all or nothing (idempotent)."""
-    from usage_ingest.bootstrap import open_store
-    from usage_ingest.reference_data import read_reference_file
+    from usage_ingest.domain.reference import read_reference_file
+    from usage_ingest.worker.runtime import open_store
 
     try:
         data = read_reference_file(file)
@@ -213,11 +213,11 @@ def reference_load(file: Path, settings: Settings) -> None:
 @settings_options
 def run(processes: int, settings: Settings) -> None:
     """Run the worker until SIGTERM or SIGINT."""
-    from usage_ingest.bootstrap import run_worker
+    from usage_ingest.worker.runtime import run_worker
 
     settings.require_database_url()
     if processes > 1:
-        from usage_ingest.supervisor import supervise
+        from usage_ingest.worker.supervisor import supervise
 
         sys.exit(supervise(settings, processes))
     with_stop_signals(lambda stop: run_worker(settings, stop))
@@ -268,8 +268,8 @@ def api_key_create(name: str, permissions: tuple[str, ...], settings: Settings) 
     """Create a key; print it, alone, on standard output.
 
     The key is shown only this once: only its hash is stored."""
-    from usage_ingest.api_keys import generate
-    from usage_ingest.bootstrap import open_store
+    from usage_ingest.api.keys import generate
+    from usage_ingest.worker.runtime import open_store
 
     async def go() -> Any:
         store = await open_store(settings)
@@ -297,7 +297,7 @@ def api_key_create(name: str, permissions: tuple[str, ...], settings: Settings) 
 @settings_options
 def api_key_list(settings: Settings) -> None:
     """List the keys (never the key itself)."""
-    from usage_ingest.bootstrap import open_store
+    from usage_ingest.worker.runtime import open_store
 
     async def go() -> Any:
         store = await open_store(settings)
@@ -324,8 +324,8 @@ def api_key_revoke(key_id: str, settings: Settings) -> None:
     """Revoke the key KEY_ID, from the next request on.
 
     KEY_ID as `api-key list` shows it; the key itself works too."""
-    from usage_ingest.api_keys import KEY_ID_PATTERN, key_id_of
-    from usage_ingest.bootstrap import open_store
+    from usage_ingest.api.keys import KEY_ID_PATTERN, key_id_of
+    from usage_ingest.worker.runtime import open_store
 
     wanted = key_id if KEY_ID_PATTERN.match(key_id) else key_id_of(key_id)
     if wanted is None:
@@ -353,7 +353,7 @@ def api_key_revoke(key_id: str, settings: Settings) -> None:
 @settings_options_but("kafka_bootstrap_servers", "database_url")
 def dev(kafka_port: int | None, postgres_port: int | None, settings: Settings) -> None:
     """Start an embedded broker and Postgres, set them up with demo data, run the worker."""
-    from usage_ingest.dev import run_dev
+    from usage_ingest.dev.run import run_dev
 
     run_dev(settings, kafka_port=kafka_port, postgres_port=postgres_port)
 
@@ -363,7 +363,7 @@ def dev(kafka_port: int | None, postgres_port: int | None, settings: Settings) -
 @settings_options
 def produce(key: str | None, settings: Settings) -> None:
     """Publish the JSON events read from standard input (one per line) to the input topic."""
-    from usage_ingest.dev import produce_lines
+    from usage_ingest.dev.run import produce_lines
 
     count = run_async(produce_lines(settings, sys.stdin, key))
     click.echo(f"produced {count} event(s) to {settings.topic_events}", err=True)
@@ -371,7 +371,7 @@ def produce(key: str | None, settings: Settings) -> None:
 
 def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
     """--since / --until: an RFC 3339 date-time, UTC when it has no offset."""
-    from usage_ingest.replay import parse_instant
+    from usage_ingest.replay.run import parse_instant
 
     if value is None:
         return None
@@ -503,8 +503,8 @@ def replay(
     """
     from rich.console import Console
 
-    from usage_ingest.replay import ReplayPlan, Selection, TimeField, run_replay
-    from usage_ingest.replay_view import ReplayProgress, print_json, print_summary
+    from usage_ingest.replay.run import ReplayPlan, Selection, TimeField, run_replay
+    from usage_ingest.replay.view import ReplayProgress, print_json, print_summary
 
     if offset is not None and not partitions:
         raise click.UsageError("--offset needs --partition")
@@ -590,7 +590,7 @@ def lag(
     Works whether or not a worker is running. With --max-lag or --max-time-lag it exits 1
     when a threshold is exceeded, for cron jobs and alerting.
     """
-    from usage_ingest.lag_command import show_lag
+    from usage_ingest.cli.lag import show_lag
 
     exceeded = run_async(
         show_lag(
@@ -616,7 +616,7 @@ def lag(
 )
 def schemas(directory: Path) -> None:
     """Write the JSON Schemas of every message read or written."""
-    from usage_ingest.schemas import write_all
+    from usage_ingest.domain.schemas import write_all
 
     for path in write_all(directory):
         click.echo(str(path))
@@ -631,6 +631,3 @@ def settings_command() -> None:
 
     click.echo(settings_reference(), nl=False)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

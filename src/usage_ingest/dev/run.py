@@ -15,13 +15,14 @@ from typing import TextIO
 import click
 from pydantic import SecretStr
 
-from usage_ingest.bootstrap import open_store, run_worker
 from usage_ingest.cli import with_stop_signals
-from usage_ingest.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedUnavailable
+from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedUnavailable
+from usage_ingest.domain.records import OutputRecord
+from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.errors import BrokerUnavailable, ExitCode
-from usage_ingest.kafka import OutputProducer, OutputRecord, ensure_topics, follow
-from usage_ingest.reference_data import ReferenceFile
+from usage_ingest.kafka import OutputProducer, ensure_topics, follow
 from usage_ingest.settings import Settings
+from usage_ingest.worker.runtime import open_store, run_worker
 
 INPUT_PARTITIONS = 3
 EMBEDDED_SESSION_TIMEOUT_MS = 3000
@@ -36,7 +37,7 @@ SAMPLE_EVENT = {
 
 
 def demo_reference() -> ReferenceFile:
-    text = resources.files("usage_ingest").joinpath("demo_reference.json").read_text()
+    text = resources.files("usage_ingest.dev").joinpath("demo_reference.json").read_text()
     return ReferenceFile.model_validate_json(text)
 
 

@@ -13,7 +13,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,34 +31,13 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import OffsetAndMetadata
 
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
 from usage_ingest.errors import BrokerUnavailable, ConfigurationError, UsageIngestError
 from usage_ingest.settings import ENV_PREFIX, SecurityProtocol, Settings
-
-Partition = tuple[str, int]
-Header = tuple[str, bytes]
 
 
 class CommitRefused(UsageIngestError):
     """The group rebalanced before the commit: the new owner re-delivers the records."""
-
-
-# Records are NamedTuples, not frozen dataclasses: one is made per record on the hot
-# path, and a tuple is built in C where a frozen dataclass sets each field in Python.
-class InputRecord(NamedTuple):
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[Header, ...]
-    timestamp_ms: int
-
-
-class OutputRecord(NamedTuple):
-    topic: str
-    key: bytes | None
-    value: bytes | None  # None is a null value (a tombstone), kept as such
-    headers: tuple[Header, ...] = ()
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -608,7 +587,7 @@ async def _first_records(
 
 
 # =============================================================================
-# Dead-letter replay (`usage-ingest replay`, see `usage_ingest.replay`)
+# Dead-letter replay (`usage-ingest replay`, see `usage_ingest.replay.run`)
 #
 # A bounded read of one topic: from the replay group's committed offsets (or
 # the beginning, or a given offset) up to the log end seen at start, then it is

@@ -32,22 +32,22 @@ from typing import Any, NamedTuple
 import msgspec
 from pydantic import ValidationError
 
-from usage_ingest import models
-from usage_ingest.decoding import decode_common_event
-from usage_ingest.errors import ErrorCode, WarningCode
-from usage_ingest.events import (
+from usage_ingest.domain import messages as models
+from usage_ingest.domain.decoding import decode_common_event
+from usage_ingest.domain.events import (
     Location,
     UnitQuantity,
     UsageEvent,
     UsageProperty,
 )
-from usage_ingest.models import (
+from usage_ingest.domain.messages import (
     OutcomeError,
     OutcomeWarning,
     OutOfRangeNumber,
     format_decimal,
-    format_utc,
 )
+from usage_ingest.errors import ErrorCode, WarningCode
+from usage_ingest.times import format_utc
 
 # Longest externalReference echoed back when the record is otherwise unreadable.
 _MAX_ECHOED_REFERENCE = 1000
