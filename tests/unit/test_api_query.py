@@ -38,8 +38,8 @@ def query(names: list[str], **values: Any) -> tuple[InventoryListQuery, Any]:
 
 def test_sort_keys_and_directions() -> None:
     errors: list[ApiErrorItem] = []
-    assert parse_sort("startDate:desc,id", errors) == (("startDate", True), ("id", False))
-    assert parse_sort("siteId:asc", errors) == (("siteId", False),)
+    assert parse_sort("startDate:desc,id", errors) == (("start_date", True), ("id", False))
+    assert parse_sort("siteId:asc", errors) == (("site_id", False),)
     assert errors == []
     for bad in ("color", "startDate:down", "id,id", "", "productReferences", HOSTILE):
         errors = []
@@ -50,17 +50,17 @@ def test_sort_keys_and_directions() -> None:
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        ("siteId", "42", InventoryFilter("siteId", FilterOp.EQ, 42)),
-        ("siteId", str(2**63 - 1), InventoryFilter("siteId", FilterOp.EQ, 2**63 - 1)),
-        ("startDate", "2026-01-31", InventoryFilter("startDate", FilterOp.EQ, date(2026, 1, 31))),
-        ("endDate", "lt:2026-01-31", InventoryFilter("endDate", FilterOp.LT, date(2026, 1, 31))),
-        ("endDate", "gt:2026-01-31", InventoryFilter("endDate", FilterOp.GT, date(2026, 1, 31))),
-        ("endDate", "gtn:2026-01-31", InventoryFilter("endDate", FilterOp.GTN, date(2026, 1, 31))),
+        ("siteId", "42", InventoryFilter("site_id", FilterOp.EQ, 42)),
+        ("siteId", str(2**63 - 1), InventoryFilter("site_id", FilterOp.EQ, 2**63 - 1)),
+        ("startDate", "2026-01-31", InventoryFilter("start_date", FilterOp.EQ, date(2026, 1, 31))),
+        ("endDate", "lt:2026-01-31", InventoryFilter("end_date", FilterOp.LT, date(2026, 1, 31))),
+        ("endDate", "gt:2026-01-31", InventoryFilter("end_date", FilterOp.GT, date(2026, 1, 31))),
+        ("endDate", "gtn:2026-01-31", InventoryFilter("end_date", FilterOp.GTN, date(2026, 1, 31))),
         ("label", "Main", InventoryFilter("label", FilterOp.EQ, "Main")),
         ("label", "in:a,b", InventoryFilter("label", FilterOp.IN, ("a", "b"))),
         ("label", "like:ai", InventoryFilter("label", FilterOp.LIKE, "ai")),
-        ("serviceId", "a:b", InventoryFilter("serviceId", FilterOp.EQ, "a:b")),
-        ("serviceId", HOSTILE, InventoryFilter("serviceId", FilterOp.EQ, HOSTILE)),
+        ("serviceId", "a:b", InventoryFilter("service_id", FilterOp.EQ, "a:b")),
+        ("serviceId", HOSTILE, InventoryFilter("service_id", FilterOp.EQ, HOSTILE)),
     ],
 )
 def test_filters_parse(name: str, text: str, expected: InventoryFilter) -> None:
@@ -114,14 +114,14 @@ def test_query_paging_and_every_problem_at_once() -> None:
 
 def test_list_sql_holds_whitelisted_names_and_parameters_only() -> None:
     filters = (
-        InventoryFilter("serviceId", FilterOp.EQ, HOSTILE),
+        InventoryFilter("service_id", FilterOp.EQ, HOSTILE),
         InventoryFilter("label", FilterOp.LIKE, HOSTILE),
-        InventoryFilter("productReference", FilterOp.IN, (HOSTILE, "b")),
-        InventoryFilter("endDate", FilterOp.GTN, date(2026, 1, 1)),
-        InventoryFilter("siteId", FilterOp.EQ, 5),
+        InventoryFilter("product_reference", FilterOp.IN, (HOSTILE, "b")),
+        InventoryFilter("end_date", FilterOp.GTN, date(2026, 1, 1)),
+        InventoryFilter("site_id", FilterOp.EQ, 5),
     )
     sql, params = compose_inventory_list(
-        InventoryListQuery(limit=10, offset=20, sort=(("startDate", True),), filters=filters)
+        InventoryListQuery(limit=10, offset=20, sort=(("start_date", True),), filters=filters)
     )
     assert HOSTILE not in sql
     assert params == [10, 20, HOSTILE, HOSTILE, [HOSTILE, "b"], date(2026, 1, 1), 5]
@@ -135,8 +135,8 @@ def test_list_sql_holds_whitelisted_names_and_parameters_only() -> None:
     "bad",
     [
         InventoryListQuery(1, 0, filters=(InventoryFilter("site_id; --", FilterOp.EQ, 1),)),
-        InventoryListQuery(1, 0, filters=(InventoryFilter("siteId", FilterOp.LIKE, "1"),)),
-        InventoryListQuery(1, 0, filters=(InventoryFilter("startDate", FilterOp.IN, ("x",)),)),
+        InventoryListQuery(1, 0, filters=(InventoryFilter("site_id", FilterOp.LIKE, "1"),)),
+        InventoryListQuery(1, 0, filters=(InventoryFilter("start_date", FilterOp.IN, ("x",)),)),
         InventoryListQuery(1, 0, sort=(("id; DROP TABLE usages", False),)),
     ],
 )

@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 
 from tests.unit.test_api_query import OPERATIONS, RECORD, query
 from usage_ingest import api
-from usage_ingest.api import ApiError, apply_patch
+from usage_ingest.api import INVENTORY_LIST_FILTERS, ApiError, apply_patch
 from usage_ingest.api.limits import (
     MAX_FILTERS,
     MAX_PATCHED_DOCUMENT_BYTES,
     MAX_REPEATS_PER_FILTER,
 )
-from usage_ingest.store import INVENTORY_FILTER_KINDS, compose_inventory_list
+from usage_ingest.store import compose_inventory_list
 
 # --- JSON Patch -----------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ FILTER_VALUES = {
 @settings(database=None, max_examples=200)
 @given(
     repeats=st.dictionaries(
-        st.sampled_from(sorted(INVENTORY_FILTER_KINDS)), st.integers(1, 2 * MAX_REPEATS_PER_FILTER)
+        st.sampled_from(sorted(INVENTORY_LIST_FILTERS)), st.integers(1, 2 * MAX_REPEATS_PER_FILTER)
     )
 )
 def test_a_list_query_is_refused_or_its_sql_stays_within_the_limits(
@@ -187,10 +187,10 @@ def test_repeats_past_the_limit_name_the_parameter() -> None:
 
 
 def test_too_many_filters_in_all_are_refused_without_a_field() -> None:
-    names = [name for name in sorted(INVENTORY_FILTER_KINDS) for _ in range(3)]
+    names = [name for name in sorted(INVENTORY_LIST_FILTERS) for _ in range(3)]
     assert len(names) > MAX_FILTERS
     with pytest.raises(ApiError) as refused:
-        query(names, filters={name: [FILTER_VALUES[name]] * 3 for name in INVENTORY_FILTER_KINDS})
+        query(names, filters={name: [FILTER_VALUES[name]] * 3 for name in INVENTORY_LIST_FILTERS})
     [error] = refused.value.errors
     assert (error.code, error.field) == ("INVALID_PARAMETER", None)
     assert f"at most {MAX_FILTERS}" in error.message

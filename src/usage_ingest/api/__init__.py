@@ -120,15 +120,15 @@ from usage_ingest.kafka import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store import (
     INVENTORY_FILTER_KINDS,
-    INVENTORY_SORT_COLUMNS,
+    INVENTORY_SORT_FIELDS,
     FilterKind,
     FilterOp,
     InventoryFilter,
     InventoryListQuery,
     Store,
+    open_store,
 )
 from usage_ingest.times import format_utc
-from usage_ingest.worker.runtime import open_store
 
 log = structlog.get_logger("usage_ingest.api")
 
@@ -618,6 +618,9 @@ class NotReady(Readiness):
 _DATE_FILTER = re.compile(r"^(?:(lt|gt|gtn):)?([0-9]{4}-[0-9]{2}-[0-9]{2})$")
 _ID_FILTER = re.compile(r"^[0-9]{1,19}$")
 _LIST_PARAMETERS = frozenset({"page", "pageSize", "sort", "fields"})
+# The query string's names (the platform's camelCase) of the store's fields.
+INVENTORY_LIST_FILTERS: dict[str, str] = {to_camel(name): name for name in INVENTORY_FILTER_KINDS}
+_SORTABLE: dict[str, str] = {to_camel(name): name for name in INVENTORY_SORT_FIELDS}
 
 
 def _parameter_error(name: str, message: str) -> ApiErrorItem:
@@ -625,26 +628,24 @@ def _parameter_error(name: str, message: str) -> ApiErrorItem:
 
 
 def parse_sort(text: str | None, errors: list[ApiErrorItem]) -> tuple[tuple[str, bool], ...]:
-    """`startDate:desc,id` → (("startDate", True), ("id", False))."""
+    """`startDate:desc,id` → (("start_date", True), ("id", False))."""
     if text is None:
         return ()
     keys: list[tuple[str, bool]] = []
     for part in text.split(","):
         name, colon, direction = part.strip().partition(":")
-        if name not in INVENTORY_SORT_COLUMNS:
+        if name not in _SORTABLE:
             errors.append(
                 _parameter_error(
-                    "sort",
-                    f"{name!r} is not a sortable field; sortable: "
-                    + ", ".join(INVENTORY_SORT_COLUMNS),
+                    "sort", f"{name!r} is not a sortable field; sortable: " + ", ".join(_SORTABLE)
                 )
             )
         elif colon and direction not in ("asc", "desc"):
             errors.append(_parameter_error("sort", f"{part!r}: a direction is ':desc' (or ':asc')"))
-        elif name in {key for key, _ in keys}:
+        elif _SORTABLE[name] in {key for key, _ in keys}:
             errors.append(_parameter_error("sort", f"{name!r} is named twice"))
         else:
-            keys.append((name, direction == "desc"))
+            keys.append((_SORTABLE[name], direction == "desc"))
     return tuple(keys)
 
 
@@ -665,6 +666,7 @@ def parse_fields(text: str | None, errors: list[ApiErrorItem]) -> tuple[str, ...
 
 def parse_filter(name: str, text: str) -> InventoryFilter:
     """One filter parameter (`startDate=gtn:2026-01-01`); ValueError says what is wrong."""
+    name = INVENTORY_LIST_FILTERS[name]
     kind = INVENTORY_FILTER_KINDS[name]
     if kind is FilterKind.ID:
         if not _ID_FILTER.match(text) or not ID_MIN <= int(text) <= ID_MAX:
@@ -717,11 +719,11 @@ def parse_list_query(
     for name in names:
         counts[name] = counts.get(name, 0) + 1
     for name, count in counts.items():
-        if name not in _LIST_PARAMETERS and name not in INVENTORY_FILTER_KINDS:
+        if name not in _LIST_PARAMETERS and name not in INVENTORY_LIST_FILTERS:
             errors.append(_parameter_error(name, "is not a parameter of this endpoint"))
         elif name in _LIST_PARAMETERS and count > 1:
             errors.append(_parameter_error(name, "is given more than once"))
-    too_many = filter_count_problems(counts, INVENTORY_FILTER_KINDS)
+    too_many = filter_count_problems(counts, INVENTORY_LIST_FILTERS)
     if too_many:  # refused before any filter is parsed
         errors += [
             ApiErrorItem(code=ApiErrorCode.INVALID_PARAMETER, field=field, message=message)

@@ -39,6 +39,7 @@ from usage_ingest.errors import (
     StoreUnavailable,
     UnknownReferencedRecord,
 )
+from usage_ingest.settings import Settings
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -175,15 +176,15 @@ FILTER_OPS: Final[dict[FilterKind, frozenset[FilterOp]]] = {
     FilterKind.TEXT: frozenset({FilterOp.EQ, FilterOp.IN, FilterOp.LIKE}),
 }
 
-# Filterable fields (the API's names): kind, column, and whether the column is on
-# the record's product references (then "any of its product references").
+# Filterable fields of usage product inventories: kind, column, and whether the column
+# is on the record's product references (then "any of its product references").
 _INVENTORY_FILTERS: Final[dict[str, tuple[FilterKind, str, bool]]] = {
-    "usageProductId": (FilterKind.ID, "i.usage_product_id", False),
-    "siteId": (FilterKind.ID, "i.site_id", False),
-    "startDate": (FilterKind.DATE, "i.start_date", False),
-    "endDate": (FilterKind.DATE, "i.end_date", False),
-    "serviceId": (FilterKind.TEXT, "i.service_id", False),
-    "productReference": (FilterKind.TEXT, "r.product_reference", True),
+    "usage_product_id": (FilterKind.ID, "i.usage_product_id", False),
+    "site_id": (FilterKind.ID, "i.site_id", False),
+    "start_date": (FilterKind.DATE, "i.start_date", False),
+    "end_date": (FilterKind.DATE, "i.end_date", False),
+    "service_id": (FilterKind.TEXT, "i.service_id", False),
+    "product_reference": (FilterKind.TEXT, "r.product_reference", True),
     "label": (FilterKind.TEXT, "r.label", True),
 }
 INVENTORY_FILTER_KINDS: Final[dict[str, FilterKind]] = {
@@ -200,26 +201,26 @@ _CONDITIONS: Final[dict[FilterOp, str]] = {
 _ON_PRODUCT_REFERENCES = (
     "EXISTS (SELECT 1 FROM usage_product_references r WHERE r.inventory_id = i.id AND {condition})"
 )
-# Sortable fields (the API's names) and their columns in `list_inventory_ids`.
-INVENTORY_SORT_COLUMNS: Final[dict[str, str]] = {
-    "id": "id",
-    "siteId": "site_id",
-    "usageProductId": "usage_product_id",
-    "startDate": "start_date",
-    "endDate": "end_date",
-    "supplierAccountId": "supplier_account_id",
-    "billByServiceId": "bill_by_service_id",
-    "serviceId": "service_id",
-    "billable": "billable",
-    "inFlightOrder": "in_flight_order",
-    "externalOrderReference": "external_order_reference",
-    "externalNetworkOrderReference": "external_network_order_reference",
-    "pendingEndDate": "pending_end_date",
-    "usageCapEnabled": "usage_cap_enabled",
-    "defaultUsageCap": "default_usage_cap",
-    "overrideUsageCap": "override_usage_cap",
-    "applySurcharges": "apply_surcharges",
-}
+# Sortable fields, each a column of `list_inventory_ids`.
+INVENTORY_SORT_FIELDS: Final[tuple[str, ...]] = (
+    "id",
+    "site_id",
+    "usage_product_id",
+    "start_date",
+    "end_date",
+    "supplier_account_id",
+    "bill_by_service_id",
+    "service_id",
+    "billable",
+    "in_flight_order",
+    "external_order_reference",
+    "external_network_order_reference",
+    "pending_end_date",
+    "usage_cap_enabled",
+    "default_usage_cap",
+    "override_usage_cap",
+    "apply_surcharges",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,9 +264,9 @@ def compose_inventory_list(query: InventoryListQuery) -> tuple[str, list[Any]]:
         conditions.append(_ON_PRODUCT_REFERENCES.format(condition=" AND ".join(on_one_reference)))
     order = []
     for name, descending in query.sort:
-        if name not in INVENTORY_SORT_COLUMNS:
+        if name not in INVENTORY_SORT_FIELDS:
             raise ValueError(f"{name!r} cannot be sorted on")
-        order.append(f"{INVENTORY_SORT_COLUMNS[name]} {'DESC' if descending else 'ASC'}")
+        order.append(f"{name} {'DESC' if descending else 'ASC'}")
     if "id" not in {name for name, _ in query.sort}:
         order.append("id ASC")
     sql = (
@@ -777,3 +778,13 @@ def _from_columns(
     decodes Postgres' infinite dates as date.max and date.min."""
     columns = [row[prefix + name] or () for name in names]
     return (make(*values) for values in zip(*columns, strict=True))
+
+
+async def open_store(settings: Settings, *, statement_budget_s: float | None = None) -> Store:
+    """The store of `settings`: its database, pool size and statement timeout."""
+    return await Store.open(
+        settings.require_database_url(),
+        max_size=settings.db_pool_max_size,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        statement_budget_s=statement_budget_s,
+    )

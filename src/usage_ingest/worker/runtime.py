@@ -16,7 +16,7 @@ import structlog
 from usage_ingest.errors import ConfigurationError, DependencyUnavailable
 from usage_ingest.kafka import EventConsumer, OutputProducer, refuse_bad_security
 from usage_ingest.settings import ENV_PREFIX, Settings
-from usage_ingest.store import Store
+from usage_ingest.store import Store, open_store
 from usage_ingest.worker.metrics import (
     ReadinessCheck,
     WorkerMetrics,
@@ -29,15 +29,6 @@ GC_THRESHOLDS = (50_000, 20, 100)
 log = structlog.get_logger("usage_ingest.worker")
 
 READINESS_TIMEOUT_S = 2.0
-
-
-async def open_store(settings: Settings, *, statement_budget_s: float | None = None) -> Store:
-    return await Store.open(
-        settings.require_database_url(),
-        max_size=settings.db_pool_max_size,
-        statement_timeout_s=settings.db_statement_timeout_s,
-        statement_budget_s=statement_budget_s,
-    )
 
 
 async def _serve_operations(
