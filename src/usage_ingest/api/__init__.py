@@ -116,7 +116,7 @@ from usage_ingest.errors import (
     StoreUnavailable,
     UnknownReferencedRecord,
 )
-from usage_ingest.kafka import OutputProducer
+from usage_ingest.kafka import OutputProducer, broker_reachable
 from usage_ingest.settings import Settings
 from usage_ingest.store import (
     INVENTORY_FILTER_KINDS,
@@ -907,23 +907,6 @@ class OnDemandProducer:
             if self._producer is not None:
                 await self._producer.stop()
                 self._producer = None
-
-
-async def broker_reachable(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
-    """Whether one of the bootstrap servers accepts a TCP connection."""
-    for server in bootstrap_servers.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
-            )
-        except (OSError, TimeoutError, ValueError):
-            continue
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-    return False
 
 
 # --- the edge: size limit, error boundary, metrics, request log ---------------------

@@ -120,6 +120,23 @@ def _sasl_refused(settings: Settings, server: str, detail: str) -> Configuration
 RevokeCallback = Callable[[set[Partition]], Awaitable[None]]
 
 
+async def broker_reachable(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
+    """Whether one of the bootstrap servers accepts a TCP connection."""
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), int(port)), timeout_s
+            )
+        except (OSError, TimeoutError, ValueError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, on_revoked: RevokeCallback) -> None:
         self._on_revoked = on_revoked

@@ -788,3 +788,15 @@ async def open_store(settings: Settings, *, statement_budget_s: float | None = N
         statement_timeout_s=settings.db_statement_timeout_s,
         statement_budget_s=statement_budget_s,
     )
+
+
+@asynccontextmanager
+async def store_session(
+    settings: Settings, *, statement_budget_s: float | None = None
+) -> AsyncIterator[Store]:
+    """The store for the length of one command: closed however the block ends."""
+    store = await open_store(settings, statement_budget_s=statement_budget_s)
+    try:
+        yield store
+    finally:
+        await store.close()
