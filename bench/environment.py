@@ -30,7 +30,7 @@ from bench.workload import BenchEvent, Tally
 from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 
 TEMPLATE_DATABASE: Final = "bench_template"
 # The embedded broker holds a group join for about half the session timeout (DESIGN.md).

@@ -40,7 +40,7 @@ from usage_ingest.domain.records import USAGE_COLUMNS, InputRecord, OutputRecord
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.domain.validation import ValidEvent, validate_record
 from usage_ingest.kafka import EventConsumer, OutputProducer
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 from usage_ingest.worker.pipeline import _usage_row
 
 _COLUMNS: Final = USAGE_COLUMNS

@@ -21,7 +21,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 from usage_ingest.worker.pipeline import Pipeline
 
 

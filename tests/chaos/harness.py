@@ -37,7 +37,7 @@ from pydantic import SecretStr
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.kafka import connection_options
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 
 PROJECT = Path(__file__).parents[2]
 EXE = str(Path(sys.executable).parent / "usage-ingest")

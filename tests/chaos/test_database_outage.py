@@ -39,7 +39,7 @@ from tests.chaos.harness import (
 )
 from usage_ingest.dev.embedded import EmbeddedPostgres
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -29,7 +29,7 @@ from usage_ingest.api import keys as api_keys
 from usage_ingest.api.keys import Permission
 from usage_ingest.kafka import OutputProducer
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 
 USAGE_INGEST = Path(sys.executable).parent / "usage-ingest"
 ALL_PERMISSIONS = tuple(Permission)

@@ -34,7 +34,7 @@ from usage_ingest.api.keys import Permission
 from usage_ingest.dev.embedded import EmbeddedBroker
 from usage_ingest.kafka import OutputProducer, ensure_topics
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 
 pytestmark = pytest.mark.integration
 api = api_support.api  # the module's fixture

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.integration.api_support import ALL_PERMISSIONS, ApiProcess, add_key, cli_env
 from tests.integration.conftest import create_database, create_topics, make_settings
 from usage_ingest.domain.reference import ContractIn, InventoryIn, ProductItemIn
-from usage_ingest.store import Store
+from usage_ingest.store.store import Store
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from usage_ingest.dev.embedded import free_port
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.errors import ExitCode
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -47,7 +47,7 @@ from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot
 from usage_ingest.errors import DependencyUnavailable
 from usage_ingest.kafka import EventConsumer, OutputProducer
 from usage_ingest.settings import Settings
-from usage_ingest.store import Store, open_store
+from usage_ingest.store.store import Store, open_store
 from usage_ingest.worker import runtime as bootstrap
 from usage_ingest.worker.pipeline import Pipeline
 

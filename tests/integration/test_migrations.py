@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 
 from tests.integration.conftest import _with_database, create_database
-from usage_ingest.store import SQL_DIR, Store
+from usage_ingest.store.connection import SQL_DIR
+from usage_ingest.store.store import Store
 
 pytestmark = pytest.mark.integration
 

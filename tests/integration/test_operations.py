@@ -25,7 +25,7 @@ from usage_ingest.cli.lag import lag_report
 from usage_ingest.dev.embedded import EmbeddedPostgres, free_port
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 
 CLI = str(Path(sys.executable).with_name("usage-ingest"))
 

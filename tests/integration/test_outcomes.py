@@ -26,7 +26,7 @@ from tests.integration.conftest import RunningWorker, create_database, make_sett
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.kafka import ensure_topics
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 
 pytestmark = pytest.mark.integration
 

@@ -33,7 +33,7 @@ from tests.integration.conftest import (
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 from usage_ingest.worker.supervisor import CrashLoop, RestartPolicy, Supervisor
 
 pytestmark = pytest.mark.integration

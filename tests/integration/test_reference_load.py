@@ -20,7 +20,8 @@ from tests.integration.conftest import DEMO_REFERENCE
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.domain.resolution import ReferenceKeys
 from usage_ingest.errors import ReferenceDataError
-from usage_ingest.store import LoadCounts, Store
+from usage_ingest.store.reference import LoadCounts
+from usage_ingest.store.store import Store
 
 pytestmark = pytest.mark.integration
 

@@ -43,7 +43,7 @@ from usage_ingest.domain.reference import ReferenceFile, read_reference_file
 from usage_ingest.kafka import OutputProducer, ReplayReader, ensure_topics
 from usage_ingest.replay.run import ReplayPlan, ReplaySummary, replay
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -9,7 +9,7 @@ import asyncpg
 from tests.integration.conftest import DEMO_REFERENCE, produce, read_topic
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 
 
 async def test_one_event_is_stored_and_accepted(

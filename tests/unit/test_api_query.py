@@ -20,7 +20,7 @@ from usage_ingest.api import (
     parse_list_query,
     parse_sort,
 )
-from usage_ingest.store import (
+from usage_ingest.store.inventories import (
     FilterOp,
     InventoryFilter,
     InventoryListQuery,

@@ -23,7 +23,7 @@ from usage_ingest.api.limits import (
     MAX_PATCHED_DOCUMENT_BYTES,
     MAX_REPEATS_PER_FILTER,
 )
-from usage_ingest.store import compose_inventory_list
+from usage_ingest.store.inventories import compose_inventory_list
 
 # --- JSON Patch -----------------------------------------------------------------------
 

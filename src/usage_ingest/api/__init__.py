@@ -118,16 +118,15 @@ from usage_ingest.errors import (
 )
 from usage_ingest.kafka import OutputProducer, broker_reachable
 from usage_ingest.settings import Settings
-from usage_ingest.store import (
+from usage_ingest.store.inventories import (
     INVENTORY_FILTER_KINDS,
     INVENTORY_SORT_FIELDS,
     FilterKind,
     FilterOp,
     InventoryFilter,
     InventoryListQuery,
-    Store,
-    open_store,
 )
+from usage_ingest.store.store import Store, open_store
 from usage_ingest.times import format_utc
 
 log = structlog.get_logger("usage_ingest.api")

@@ -157,7 +157,7 @@ def main() -> None:
 @settings_options
 def migrate(settings: Settings) -> None:
     """Apply the sql/ migrations (idempotent)."""
-    from usage_ingest.store import open_store
+    from usage_ingest.store.store import open_store
 
     async def go() -> list[str]:
         store = await open_store(settings)
@@ -183,7 +183,7 @@ def reference() -> None:
 def reference_load(file: Path, settings: Settings) -> None:
     """Upsert reference data from a JSON FILE, all or nothing (idempotent)."""
     from usage_ingest.domain.reference import read_reference_file
-    from usage_ingest.store import open_store
+    from usage_ingest.store.store import open_store
 
     try:
         data = read_reference_file(file)
@@ -269,7 +269,7 @@ def api_key_create(name: str, permissions: tuple[str, ...], settings: Settings) 
 
     The key is shown only this once: only its hash is stored."""
     from usage_ingest.api.keys import generate
-    from usage_ingest.store import open_store
+    from usage_ingest.store.store import open_store
 
     async def go() -> Any:
         store = await open_store(settings)
@@ -297,7 +297,7 @@ def api_key_create(name: str, permissions: tuple[str, ...], settings: Settings) 
 @settings_options
 def api_key_list(settings: Settings) -> None:
     """List the keys (never the key itself)."""
-    from usage_ingest.store import open_store
+    from usage_ingest.store.store import open_store
 
     async def go() -> Any:
         store = await open_store(settings)
@@ -325,7 +325,7 @@ def api_key_revoke(key_id: str, settings: Settings) -> None:
 
     KEY_ID as `api-key list` shows it; the key itself works too."""
     from usage_ingest.api.keys import KEY_ID_PATTERN, key_id_of
-    from usage_ingest.store import open_store
+    from usage_ingest.store.store import open_store
 
     wanted = key_id if KEY_ID_PATTERN.match(key_id) else key_id_of(key_id)
     if wanted is None:

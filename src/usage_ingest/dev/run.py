@@ -22,7 +22,7 @@ from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.errors import BrokerUnavailable, ExitCode
 from usage_ingest.kafka import OutputProducer, ensure_topics, follow
 from usage_ingest.settings import Settings
-from usage_ingest.store import open_store
+from usage_ingest.store.store import open_store
 from usage_ingest.worker.runtime import run_worker
 
 INPUT_PARTITIONS = 3

@@ -16,7 +16,7 @@ import structlog
 from usage_ingest.errors import ConfigurationError, DependencyUnavailable
 from usage_ingest.kafka import EventConsumer, OutputProducer, refuse_bad_security
 from usage_ingest.settings import ENV_PREFIX, Settings
-from usage_ingest.store import Store, open_store
+from usage_ingest.store.store import Store, open_store
 from usage_ingest.worker.metrics import (
     ReadinessCheck,
     WorkerMetrics,
