@@ -24,8 +24,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.integration.conftest import create_database, create_topics, make_settings
-from usage_ingest.api import create_app
 from usage_ingest.api import keys as api_keys
+from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
 from usage_ingest.kafka import OutputProducer
 from usage_ingest.settings import Settings

@@ -28,9 +28,10 @@ from tests.integration.api_support import (
     unique_int,
 )
 from tests.integration.conftest import RunningWorker, make_settings
-from usage_ingest.api import OnDemandProducer, create_app
 from usage_ingest.api import keys as api_keys
+from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
+from usage_ingest.api.publisher import OnDemandProducer
 from usage_ingest.dev.embedded import EmbeddedBroker
 from usage_ingest.kafka import OutputProducer, ensure_topics
 from usage_ingest.settings import Settings

@@ -11,15 +11,9 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from usage_ingest.api import (
-    ApiError,
-    ApiErrorItem,
-    PatchOperation,
-    apply_patch,
-    parse_filter,
-    parse_list_query,
-    parse_sort,
-)
+from usage_ingest.api.errors import ApiError, ApiErrorItem
+from usage_ingest.api.patch import PatchOperation, apply_patch
+from usage_ingest.api.query import parse_filter, parse_list_query, parse_sort
 from usage_ingest.store.inventories import (
     FilterOp,
     InventoryFilter,

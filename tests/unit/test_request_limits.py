@@ -16,13 +16,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_api_query import OPERATIONS, RECORD, query
-from usage_ingest import api
-from usage_ingest.api import INVENTORY_LIST_FILTERS, ApiError, apply_patch
+from usage_ingest.api import patch as json_patch
+from usage_ingest.api.errors import ApiError
 from usage_ingest.api.limits import (
     MAX_FILTERS,
     MAX_PATCHED_DOCUMENT_BYTES,
     MAX_REPEATS_PER_FILTER,
 )
+from usage_ingest.api.patch import apply_patch
+from usage_ingest.api.query import INVENTORY_LIST_FILTERS
 from usage_ingest.store.inventories import compose_inventory_list
 
 # --- JSON Patch -----------------------------------------------------------------------
@@ -125,7 +127,7 @@ def test_no_patch_hands_an_operation_more_than_the_limit(
     patch: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A smaller limit, so that the generated patches reach it often.
-    monkeypatch.setattr(api, "MAX_PATCHED_DOCUMENT_BYTES", SMALL_LIMIT)
+    monkeypatch.setattr(json_patch, "MAX_PATCHED_DOCUMENT_BYTES", SMALL_LIMIT)
     counted = CountedPatches(monkeypatch)
     record = copy.deepcopy(RECORD)
     refused = refusal(lambda: apply_patch(record, OPERATIONS.validate_python(patch)))

@@ -231,7 +231,7 @@ def run(processes: int, settings: Settings) -> None:
 @settings_options
 def api(host: str | None, port: int | None, settings: Settings) -> None:
     """Serve the HTTP API (SPEC-API.md) until SIGTERM or SIGINT."""
-    from usage_ingest.api import serve
+    from usage_ingest.api.server import serve
 
     settings.require_database_url()
     given = {"api_host": host, "api_port": port}
