@@ -116,7 +116,8 @@ from usage_ingest.errors import (
     StoreUnavailable,
     UnknownReferencedRecord,
 )
-from usage_ingest.kafka import OutputProducer, broker_reachable
+from usage_ingest.kafka.connection import broker_answers
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store import (
     INVENTORY_FILTER_KINDS,
@@ -1492,7 +1493,7 @@ def _operation_routes(
     )
     async def readyz() -> JSONResponse:
         database, broker = await asyncio.gather(
-            _database_reachable(store), broker_reachable(settings.kafka_bootstrap_servers)
+            _database_reachable(store), broker_answers(settings)
         )
         problems = []
         if not database:
