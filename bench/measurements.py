@@ -39,7 +39,8 @@ from usage_ingest.cli.lag import lag_report
 from usage_ingest.domain.records import USAGE_COLUMNS, InputRecord, OutputRecord, UsageRow
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.domain.validation import ValidEvent, validate_record
-from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.kafka.consumer import EventConsumer
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.store.store import Store
 from usage_ingest.worker.pipeline import _usage_row
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from usage_ingest.kafka import GroupDescription, PartitionPosition
+from usage_ingest.kafka.admin import GroupDescription, PartitionPosition
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ from typing import Any
 
 from usage_ingest import cli
 from usage_ingest.domain.records import OutputRecord, Partition, StoredUsage, UsageRow
-from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.kafka.consumer import EventConsumer
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.store.store import Store
 
 KILLED = 137  # the exit status of a process killed by SIGKILL, as a shell reports it

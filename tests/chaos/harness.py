@@ -35,7 +35,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import SecretStr
 
 from usage_ingest.domain.reference import read_reference_file
-from usage_ingest.kafka import connection_options
+from usage_ingest.kafka.connection import connection_options
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 

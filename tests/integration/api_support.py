@@ -27,7 +27,7 @@ from tests.integration.conftest import create_database, create_topics, make_sett
 from usage_ingest.api import keys as api_keys
 from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
-from usage_ingest.kafka import OutputProducer
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
 from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
-from usage_ingest.kafka import ensure_topics
+from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
 from usage_ingest.worker.pipeline import Counters

@@ -33,7 +33,8 @@ from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.publisher import OnDemandProducer
 from usage_ingest.dev.embedded import EmbeddedBroker
-from usage_ingest.kafka import OutputProducer, ensure_topics
+from usage_ingest.kafka.admin import ensure_topics
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 

@@ -45,7 +45,8 @@ from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, St
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot
 from usage_ingest.errors import DependencyUnavailable
-from usage_ingest.kafka import EventConsumer, OutputProducer
+from usage_ingest.kafka.consumer import EventConsumer
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store, open_store
 from usage_ingest.worker import runtime as bootstrap

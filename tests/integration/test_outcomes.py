@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.integration.conftest import RunningWorker, create_database, make_settings
 from usage_ingest.domain.reference import ReferenceFile
-from usage_ingest.kafka import ensure_topics
+from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from tests.integration.conftest import produce, read_topic
 from usage_ingest.domain.records import OutputRecord
-from usage_ingest.kafka import OutputProducer, ensure_topics
+from usage_ingest.kafka.admin import ensure_topics
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 
 PARTITIONS = 6

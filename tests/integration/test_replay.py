@@ -40,7 +40,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tests.integration.conftest import DEMO_REFERENCE, RunningWorker, create_database, make_settings
 from usage_ingest.domain.records import InputRecord, Partition
 from usage_ingest.domain.reference import ReferenceFile, read_reference_file
-from usage_ingest.kafka import OutputProducer, ReplayReader, ensure_topics
+from usage_ingest.kafka.admin import ensure_topics
+from usage_ingest.kafka.producer import OutputProducer
+from usage_ingest.kafka.replay_reader import ReplayReader
 from usage_ingest.replay.run import ReplayPlan, ReplaySummary, replay
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store

@@ -7,7 +7,7 @@ import io
 import pytest
 from rich.console import Console
 
-from usage_ingest.kafka import GroupDescription, PartitionPosition
+from usage_ingest.kafka.admin import GroupDescription, PartitionPosition
 from usage_ingest.lag import breaches, build_report, partition_lag
 
 NOW_MS = 1_800_000_000_000

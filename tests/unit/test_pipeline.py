@@ -24,7 +24,8 @@ from usage_ingest.domain.resolution import (
     ReferenceSnapshot,
 )
 from usage_ingest.errors import StoreRefusedData, StoreUnavailable
-from usage_ingest.kafka import CommitRefused, murmur2, partition_for
+from usage_ingest.kafka.consumer import CommitRefused
+from usage_ingest.kafka.producer import murmur2, partition_for
 from usage_ingest.settings import Settings
 from usage_ingest.store import connection as store_module
 from usage_ingest.worker import pipeline as pipeline_module

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from usage_ingest.domain.records import OutputRecord
-from usage_ingest.kafka import OutputProducer
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 
 

@@ -9,7 +9,7 @@ import time
 import click
 from rich.console import Console
 
-from usage_ingest.kafka import describe_group, read_positions
+from usage_ingest.kafka.admin import describe_group, read_positions
 from usage_ingest.lag import LagReport, breaches, build_report, render
 from usage_ingest.settings import Settings
 

@@ -20,7 +20,9 @@ from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres, Embedded
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.errors import BrokerUnavailable, ExitCode
-from usage_ingest.kafka import OutputProducer, ensure_topics, follow
+from usage_ingest.kafka.admin import ensure_topics
+from usage_ingest.kafka.follow import follow
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
 from usage_ingest.worker.runtime import run_worker

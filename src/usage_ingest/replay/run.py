@@ -33,7 +33,8 @@ import structlog
 from usage_ingest.domain.records import InputRecord, OutputRecord
 from usage_ingest.domain.validation import parse_json_object, readable_reference
 from usage_ingest.errors import DependencyUnavailable, ErrorCode, UsageIngestError
-from usage_ingest.kafka import OutputProducer, ReplayReader
+from usage_ingest.kafka.producer import OutputProducer
+from usage_ingest.kafka.replay_reader import ReplayReader
 from usage_ingest.ports import ProducerPort, ReaderPort
 from usage_ingest.settings import Settings
 from usage_ingest.worker.pipeline import (

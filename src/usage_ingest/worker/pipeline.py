@@ -56,7 +56,7 @@ from usage_ingest.domain.validation import (
     validate_record,
 )
 from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
-from usage_ingest.kafka import CommitRefused
+from usage_ingest.kafka.consumer import CommitRefused
 from usage_ingest.ports import ConsumerPort, ProducerPort, StorePort
 from usage_ingest.settings import Settings
 from usage_ingest.worker.metrics import WorkerMetrics

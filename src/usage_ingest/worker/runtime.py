@@ -14,7 +14,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from usage_ingest.errors import ConfigurationError, DependencyUnavailable
-from usage_ingest.kafka import EventConsumer, OutputProducer, refuse_bad_security
+from usage_ingest.kafka.connection import broker_answers, refuse_bad_security
+from usage_ingest.kafka.consumer import EventConsumer
+from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import ENV_PREFIX, Settings
 from usage_ingest.store.store import Store, open_store
 from usage_ingest.worker.metrics import (
@@ -98,7 +100,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
     pipeline = Pipeline(settings, store, consumer, producer, metrics=metrics)
 
     async def readiness() -> dict[str, bool]:
-        database, broker = await asyncio.gather(_database_answers(store), consumer.reachable())
+        database, broker = await asyncio.gather(_database_answers(store), broker_answers(settings))
         return {"group": consumer.in_group, "database": database, "broker": broker}
 
     operations: asyncio.Server | None = None

@@ -14,7 +14,7 @@ from usage_ingest.api.guard import GuardedRoute
 from usage_ingest.api.openapi import ERROR_DESCRIPTIONS
 from usage_ingest.api.schemas import Health, NotReady, Readiness
 from usage_ingest.errors import DependencyUnavailable
-from usage_ingest.kafka import broker_reachable
+from usage_ingest.kafka.connection import broker_answers
 from usage_ingest.store.store import Store
 
 router = APIRouter(route_class=GuardedRoute)
@@ -32,9 +32,7 @@ async def healthz() -> JSONResponse:
     summary="The database and the broker are reachable",
 )
 async def readyz(settings: SettingsDep, store: StoreDep) -> JSONResponse:
-    database, broker = await asyncio.gather(
-        _database_reachable(store), broker_reachable(settings.kafka_bootstrap_servers)
-    )
+    database, broker = await asyncio.gather(_database_reachable(store), broker_answers(settings))
     problems = []
     if not database:
         problems.append(
