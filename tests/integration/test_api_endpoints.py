@@ -31,7 +31,7 @@ from tests.integration.conftest import RunningWorker, make_settings
 from usage_ingest.api import OnDemandProducer, create_app
 from usage_ingest.api import keys as api_keys
 from usage_ingest.api.keys import Permission
-from usage_ingest.dev.embedded import EmbeddedBroker
+from usage_ingest.dev.broker import EmbeddedBroker
 from usage_ingest.kafka import OutputProducer, ensure_topics
 from usage_ingest.settings import Settings
 from usage_ingest.store import Store

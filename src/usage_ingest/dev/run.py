@@ -15,7 +15,9 @@ from typing import TextIO
 import click
 from pydantic import SecretStr
 
-from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedUnavailable
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import EmbeddedUnavailable
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.errors import BrokerUnavailable
