@@ -27,7 +27,8 @@ from pydantic import SecretStr
 
 from bench import procfs
 from bench.workload import BenchEvent, Tally
-from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store

@@ -33,7 +33,8 @@ from tests.chaos.harness import (
     unique,
     wait_committed,
 )
-from usage_ingest.dev.embedded import EmbeddedBroker, free_port
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

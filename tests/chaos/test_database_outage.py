@@ -37,7 +37,7 @@ from tests.chaos.harness import (
     unique,
     wait_committed,
 )
-from usage_ingest.dev.embedded import EmbeddedPostgres
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 

@@ -13,7 +13,8 @@ from aiokafka import AIOKafkaProducer
 
 from tests.chaos.conftest import Chaos
 from tests.chaos.harness import TcpProxy, check, produce, sequence, unique
-from usage_ingest.dev.embedded import EmbeddedBroker, free_port
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

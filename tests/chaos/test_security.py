@@ -52,7 +52,8 @@ from tests.chaos.harness import (
     wait_committed,
     worker_env,
 )
-from usage_ingest.dev.embedded import EmbeddedBroker, free_port
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import free_port
 from usage_ingest.logs import configure_logging
 from usage_ingest.settings import LogFormat, SaslMechanism, SecurityProtocol, Settings
 

@@ -30,7 +30,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
-from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store

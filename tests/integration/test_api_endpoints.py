@@ -32,7 +32,7 @@ from usage_ingest.api import keys as api_keys
 from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.publisher import OnDemandProducer
-from usage_ingest.dev.embedded import EmbeddedBroker
+from usage_ingest.dev.broker import EmbeddedBroker
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings

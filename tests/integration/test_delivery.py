@@ -40,7 +40,7 @@ from tests.integration.conftest import (
     create_topics,
     make_settings,
 )
-from usage_ingest.dev.embedded import EmbeddedPostgres
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from usage_ingest.dev.embedded import (
-    EmbeddedBroker,
-    EmbeddedPostgres,
-    EmbeddedUnavailable,
-    PsqlError,
-    free_port,
-)
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import EmbeddedUnavailable, free_port
+from usage_ingest.dev.postgres import EmbeddedPostgres, PsqlError
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,8 @@ from tests.integration.conftest import (
     produce,
 )
 from usage_ingest.cli.lag import lag_report
-from usage_ingest.dev.embedded import EmbeddedPostgres, free_port
+from usage_ingest.dev.embedded import free_port
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store

@@ -1,22 +1,82 @@
-"""`usage-ingest lag`: reads the group's positions, prints the report, checks thresholds."""
+"""`usage-ingest lag`: reads the group's positions, prints the report, checks thresholds.
+
+The broker client and the report's rendering are imported when the command runs, so
+that `usage-ingest --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
+from usage_ingest.cli.common import settings_options
+from usage_ingest.errors import ExitCode
 from usage_ingest.kafka.admin import describe_group, read_positions
 from usage_ingest.lag import LagReport, breaches, build_report, render
+from usage_ingest.process import run_async
 from usage_ingest.settings import Settings
+
+if TYPE_CHECKING:
+    from usage_ingest.lag import LagReport
 
 _PIPE_WIDTH = 250
 
 
+@click.command()
+@click.option("--group", default=None, help="Consumer group [default: --group-id].")
+@click.option(
+    "--topic",
+    "topics",
+    multiple=True,
+    help="Topic to report (repeatable) [default: --topic-events].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--max-lag", type=click.IntRange(min=0), help="Exit 1 when the offset lag exceeds N.")
+@click.option(
+    "--max-time-lag",
+    type=click.FloatRange(min=0),
+    help="Exit 1 when the time lag exceeds S seconds.",
+)
+@click.option(
+    "--watch", type=click.FloatRange(min=0.5), default=None, help="Refresh every S seconds."
+)
+@settings_options
+def lag(
+    group: str | None,
+    topics: tuple[str, ...],
+    as_json: bool,
+    max_lag: int | None,
+    max_time_lag: float | None,
+    watch: float | None,
+    settings: Settings,
+) -> None:
+    """Consumer lag of a group: offsets and time behind, per partition, with the group's state.
+
+    Works whether or not a worker is running. With --max-lag or --max-time-lag it exits 1
+    when a threshold is exceeded, for cron jobs and alerting.
+    """
+    exceeded = run_async(
+        show_lag(
+            settings,
+            group or settings.group_id,
+            list(topics) or [settings.topic_events],
+            as_json=as_json,
+            max_lag=max_lag,
+            max_time_lag=max_time_lag,
+            watch=watch,
+        )
+    )
+    if exceeded:
+        sys.exit(ExitCode.FAILED)
+
+
 async def lag_report(settings: Settings, group_id: str, topics: list[str]) -> LagReport:
+
     group, positions = await asyncio.gather(
         describe_group(settings, group_id), read_positions(settings, group_id, topics)
     )
@@ -34,6 +94,8 @@ async def show_lag(
     watch: float | None,
 ) -> bool:
     """Print the report (again every `watch` seconds); True when a threshold is exceeded."""
+    from rich.console import Console
+
     console = Console()
     if not console.is_terminal:
         # Piped into a file or another program: never cut a topic name to fit 80 columns.

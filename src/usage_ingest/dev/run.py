@@ -15,16 +15,18 @@ from typing import TextIO
 import click
 from pydantic import SecretStr
 
-from usage_ingest.cli import with_stop_signals
-from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres, EmbeddedUnavailable
+from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import EmbeddedUnavailable
+from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.domain.reference import ReferenceFile
-from usage_ingest.errors import BrokerUnavailable, ExitCode
+from usage_ingest.errors import BrokerUnavailable
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.kafka.follow import follow
 from usage_ingest.kafka.producer import OutputProducer
+from usage_ingest.process import fail, with_stop_signals
 from usage_ingest.settings import Settings
-from usage_ingest.store.store import open_store
+from usage_ingest.store.store import store_session
 from usage_ingest.worker.runtime import run_worker
 
 INPUT_PARTITIONS = 3
@@ -61,17 +63,13 @@ def run_dev(settings: Settings, kafka_port: int | None, postgres_port: int | Non
                 )
                 with_stop_signals(lambda stop: _dev_main(dev_settings, postgres.url, stop))
         except EmbeddedUnavailable as exc:
-            click.echo(f"usage-ingest: {exc}", err=True)
-            sys.exit(ExitCode.FAILED)
+            fail(str(exc))
 
 
 async def _dev_main(settings: Settings, database_url: str, stop: asyncio.Event) -> None:
-    store = await open_store(settings)
-    try:
+    async with store_session(settings) as store:
         await store.migrate()
         await store.load_reference(demo_reference())
-    finally:
-        await store.close()
     await ensure_topics(settings, [settings.topic_events], partitions=INPUT_PARTITIONS)
     await ensure_topics(settings, settings.output_topics)
     _print_banner(settings, database_url)

@@ -1,0 +1,201 @@
+"""`usage-ingest replay`: dead letters back to the input topic once their cause is fixed."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from usage_ingest.cli.common import settings_options
+from usage_ingest.errors import ExitCode
+from usage_ingest.process import with_stop_signals
+from usage_ingest.settings import Settings
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """--since / --until: an RFC 3339 date-time, UTC when it has no offset."""
+    from usage_ingest.replay.run import parse_instant
+
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-22T10:00:00Z)"
+        ) from None
+
+
+@click.command()
+@click.option("--source", metavar="TOPIC", help="Topic to replay from [default: --topic-dlq].")
+@click.option(
+    "--destination", metavar="TOPIC", help="Topic to replay to [default: --topic-events]."
+)
+@click.option(
+    "--replay-group-id",
+    metavar="GROUP",
+    help="Consumer group that keeps the replay's progress [default: <group-id>.replay].",
+)
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="Start at the earliest dead letter instead of where the replay group stopped.",
+)
+@click.option(
+    "--partition",
+    "partitions",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Only this partition of the source (repeatable).",
+)
+@click.option(
+    "--offset",
+    type=click.IntRange(min=0),
+    help="Start at this offset in every --partition given (needs --partition).",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    callback=_instant,
+    help="Only dead letters at or after TIME (RFC 3339, e.g. 2026-11-22T10:00:00Z; no offset "
+    "means UTC), compared as --time-field says.",
+)
+@click.option(
+    "--until",
+    metavar="TIME",
+    callback=_instant,
+    help="Only dead letters before TIME (same format and comparison as --since).",
+)
+@click.option(
+    "--time-field",
+    type=click.Choice(["failed-at", "record"]),
+    default="failed-at",
+    show_default=True,
+    help="What --since/--until compare: the usage-ingest.failed-at header (the record "
+    "timestamp when it is missing), or the dead-letter record's timestamp.",
+)
+@click.option(
+    "--code",
+    "codes",
+    multiple=True,
+    metavar="CODE",
+    help="Only dead letters with this error code, e.g. NO_INVENTORY (repeatable; the codes "
+    "are SPEC.md §5's).",
+)
+@click.option(
+    "--retryable-only/--all",
+    default=True,
+    show_default=True,
+    help="Only retryable dead letters (the default), or all of them.",
+)
+@click.option(
+    "--external-reference",
+    "references",
+    multiple=True,
+    metavar="REF",
+    help="Only the dead letter(s) of this externalReference (repeatable).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Replay at most N records in this run.")
+@click.option(
+    "--max-replays",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Skip (and report) dead letters already replayed this many times.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Only show what would be replayed: publish and commit nothing."
+)
+@click.option(
+    "--show",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="How many replayed (and held back) records the summary names.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@settings_options
+def replay(
+    *,
+    source: str | None,
+    destination: str | None,
+    replay_group_id: str | None,
+    from_beginning: bool,
+    partitions: tuple[int, ...],
+    offset: int | None,
+    since: Any,
+    until: Any,
+    time_field: str,
+    codes: tuple[str, ...],
+    retryable_only: bool,
+    references: tuple[str, ...],
+    limit: int | None,
+    max_replays: int,
+    dry_run: bool,
+    show: int,
+    as_json: bool,
+    settings: Settings,
+) -> None:
+    """Replay dead letters to the input topic once their cause is fixed.
+
+    Re-publishes each chosen dead letter's key, value and original headers, with
+    usage-ingest.replay-count incremented and usage-ingest.replayed-at set. Reads up
+    to the end the source had at start, commits the replay group's offsets only after
+    the destination acknowledged, and prints a summary (see README: "Replaying dead
+    letters").
+    """
+    from rich.console import Console
+
+    from usage_ingest.replay.run import ReplayPlan, Selection, TimeField, run_replay
+    from usage_ingest.replay.view import ReplayProgress, print_json, print_summary
+
+    if offset is not None and not partitions:
+        raise click.UsageError("--offset needs --partition")
+    if offset is not None and from_beginning:
+        raise click.UsageError("--offset and --from-beginning exclude each other")
+    selection = Selection(
+        codes=frozenset(c.upper() for c in codes),
+        retryable_only=retryable_only,
+        references=frozenset(references),
+        since=since,
+        until=until,
+        time_field=TimeField(time_field),
+        max_replays=max_replays,
+    )
+    problems = selection.problems()
+    if problems:
+        raise click.UsageError("; ".join(problems))
+    plan = ReplayPlan(
+        destination=destination or settings.topic_events,
+        selection=selection,
+        limit=limit,
+        dry_run=dry_run,
+        batch_size=min(settings.batch_max_records, 500),
+        show=show,
+        retry_initial_backoff_s=settings.retry_initial_backoff_s,
+        retry_max_backoff_s=settings.retry_max_backoff_s,
+    )
+    with ReplayProgress(Console(stderr=True)) as progress:
+        summary = with_stop_signals(
+            lambda stop: run_replay(
+                settings,
+                source=source or settings.topic_dlq,
+                group_id=replay_group_id or f"{settings.group_id}.replay",
+                plan=plan,
+                partitions=partitions,
+                from_beginning=from_beginning,
+                offset=offset,
+                stop=stop,
+                on_start=progress.start,
+                progress=progress.update,
+                on_finish=progress.finish,
+            )
+        )
+    out = Console(highlight=False)
+    if as_json:
+        print_json(summary, out)
+    else:
+        print_summary(summary, out)
+    if summary.interrupted:
+        sys.exit(ExitCode.INTERRUPTED)
