@@ -19,13 +19,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## start the embedded broker and Postgres and run the worker on them
 	$(BIN)/usage-ingest dev
 
-test: $(STAMP)  ## the whole suite: lint, types, unit and integration tests
+test: $(STAMP)  ## the whole suite: lint, format, import contracts, types, every test
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+unit: $(STAMP)  ## no network, no processes: the code's unit tests and the repository's files
+	$(BIN)/pytest tests/unit tests/repo
 
 integration: $(STAMP)
 	$(BIN)/pytest tests/integration
@@ -36,6 +38,7 @@ chaos: $(STAMP)  ## crash, outage, rebalance and hostile-input scenarios; prints
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -7,7 +7,6 @@ payload contents are never logged at info level or above.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import TextIO
@@ -30,39 +29,43 @@ def configure_logging(level: str, log_format: LogFormat, stream: TextIO | None =
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
+    # What every line gets, the project's own and the client libraries' alike.
+    stamped: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*stamped, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
-    # Client libraries (aiokafka, asyncpg) log through the standard library: keep
-    # their warnings, in one line each, on the same stream.
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=out,
-        format="%(levelname)s %(name)s: %(message)s",
-        force=True,
+    # Client libraries (aiokafka, asyncpg, uvicorn) log through the standard library:
+    # keep their warnings, one line each, on the same stream and through the same
+    # processors, so that they carry a timestamp and, where there is one, the
+    # traceback. Their messages quote addresses and errors: the JSON renderer keeps
+    # every line one valid JSON object.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*stamped, _library_line],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
     )
-    if as_json:
-        # Their messages quote addresses and errors: written through json.dumps, so
-        # every line stays one valid JSON object.
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(_LibraryJson())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
 
-class _LibraryJson(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "event": "library_log",
-            "logger": record.name,
-            "level": record.levelname,
-            "message": record.getMessage(),
-        }
-        return json.dumps(line)
+def _library_line(
+    _logger: structlog.typing.WrappedLogger,
+    _method_name: str,
+    event_dict: structlog.typing.EventDict,
+) -> structlog.typing.EventDict:
+    """A standard-library record under one stable event name: its logger, its text."""
+    record: logging.LogRecord = event_dict["_record"]
+    message = event_dict.pop("event")
+    return {"event": "library_log", "logger": record.name, "message": message, **event_dict}

@@ -21,18 +21,13 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import (
-    check,
-    count_usages,
-    eventually,
-    log_end,
-    produce,
-    record,
-    sequence,
-    unique,
-    wait_committed,
-)
+from tests.chaos.checker import check
+from tests.chaos.figures import record
+from tests.chaos.harness import Chaos, unique
+from tests.support.broker import wait_committed
+from tests.support.database import count_usages
+from tests.support.events import log_end, produce, sequence
+from tests.support.waiting import eventually
 from usage_ingest.dev.broker import EmbeddedBroker
 from usage_ingest.dev.embedded import free_port
 

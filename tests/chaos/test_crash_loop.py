@@ -22,19 +22,13 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import (
-    SEED,
-    check,
-    count_usages,
-    eventually,
-    log_end,
-    produce,
-    record,
-    sequence,
-    unique,
-    wait_committed,
-)
+from tests.chaos.checker import check
+from tests.chaos.figures import record
+from tests.chaos.harness import SEED, Chaos, unique
+from tests.support.broker import wait_committed
+from tests.support.database import count_usages
+from tests.support.events import log_end, produce, sequence
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -19,27 +19,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import (
-    Outgoing,
-    Sent,
-    WorkerProcess,
-    check,
-    committed,
-    count_usages,
-    eventually,
-    load_demo_reference,
-    log_end,
-    produce,
-    read_all,
-    record,
-    sequence,
-    unique,
-    wait_committed,
-)
+from tests.chaos.checker import check
+from tests.chaos.figures import record
+from tests.chaos.harness import Chaos, WorkerProcess, unique
+from tests.support.broker import committed_offsets, read_all, wait_committed
+from tests.support.database import count_usages, prepared_database
+from tests.support.events import Outgoing, Sent, log_end, produce, sequence
+from tests.support.waiting import eventually
 from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.settings import Settings
-from usage_ingest.store.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -106,11 +94,13 @@ async def ride_out(
         await eventually(unready, 15, "/readyz answering 503 while the database is away")
     # The worker is past every batch it began before the break (it retries a later one),
     # so from here on the committed offsets must stand still.
-    before = await committed(settings)
+    before = await committed_offsets(settings)
     seen = retried(worker, *DB_ACTIONS)
     await eventually(lambda: retried(worker, *DB_ACTIONS) >= seen + 3, 30, "more retries")
     # Still away: no offset moved, nothing refused, the worker did not give up.
-    assert await committed(settings) == before, "offsets advanced while the database was away"
+    assert await committed_offsets(settings) == before, (
+        "offsets advanced while the database was away"
+    )
     await nothing_refused(settings)
     assert worker.running, worker.output()[-3000:]
     ends = log_end(sent)
@@ -147,13 +137,7 @@ async def test_postgres_killed_mid_stream(chaos: Chaos, tmp_path: Path) -> None:
     server = EmbeddedPostgres(tmp_path / "pgdata")
     await asyncio.to_thread(server.start)
     try:
-        url = await asyncio.to_thread(server.create_database, "usage")
-        store = await Store.open(url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-        await load_demo_reference(url)
+        url = await prepared_database(server)
         settings = await chaos.settings(url)
 
         async def kill() -> None:

@@ -11,8 +11,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import TcpProxy, check, produce, sequence, unique
+from tests.chaos.checker import check
+from tests.chaos.harness import Chaos, unique
+from tests.chaos.proxy import TcpProxy
+from tests.support.events import produce, sequence
 from usage_ingest.dev.broker import EmbeddedBroker
 from usage_ingest.dev.embedded import free_port
 

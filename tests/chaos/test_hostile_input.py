@@ -25,21 +25,13 @@ import msgspec
 import pytest
 from hypothesis import given
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import (
-    INPUT_PARTITIONS,
-    Outgoing,
-    Verdict,
-    check,
-    log_end,
-    produce,
-    record,
-    sequence,
-    unique,
-    usage_event,
-    wait_committed,
-)
+from tests.chaos.checker import Verdict, check
+from tests.chaos.figures import record
+from tests.chaos.harness import Chaos, unique
 from tests.chaos.hostile import draw_many, hostile_records, hypothesis_settings
+from tests.support.broker import wait_committed
+from tests.support.events import Outgoing, log_end, produce, sequence, usage_event
+from tests.support.settings import INPUT_PARTITIONS
 from usage_ingest.domain.messages import IDENT_PATTERN
 from usage_ingest.domain.records import InputRecord, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import (

@@ -33,21 +33,13 @@ import time
 
 import pytest
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import (
-    INPUT_PARTITIONS,
-    SEED,
-    Outgoing,
-    WorkerProcess,
-    check,
-    eventually,
-    log_end,
-    produce,
-    record,
-    sequence,
-    unique,
-    wait_committed,
-)
+from tests.chaos.checker import check
+from tests.chaos.figures import record
+from tests.chaos.harness import SEED, Chaos, WorkerProcess, unique
+from tests.support.broker import wait_committed
+from tests.support.events import Outgoing, log_end, produce, sequence
+from tests.support.settings import INPUT_PARTITIONS
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
 

@@ -35,23 +35,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr, ValidationError
 
-from tests.chaos.conftest import Chaos
-from tests.chaos.harness import (
-    EXE,
-    PROJECT,
-    Certificates,
-    WorkerProcess,
-    check,
-    eventually,
-    log_end,
-    make_certificates,
-    produce,
-    record,
-    sequence,
-    unique,
-    wait_committed,
-    worker_env,
-)
+from tests.chaos.certificates import Certificates, make_certificates
+from tests.chaos.checker import check
+from tests.chaos.figures import record
+from tests.chaos.harness import EXE, PROJECT, Chaos, WorkerProcess, unique, worker_env
+from tests.support.broker import wait_committed
+from tests.support.events import log_end, produce, sequence
+from tests.support.waiting import eventually
 from usage_ingest.dev.broker import EmbeddedBroker
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.logs import configure_logging
@@ -415,9 +405,11 @@ def test_library_log_lines_are_valid_json() -> None:
         root.setLevel(level)
         structlog.configure(**structlog_config)
     [line] = out.getvalue().splitlines()
-    assert json.loads(line) == {
+    logged = json.loads(line)
+    assert logged.pop("timestamp").endswith("Z")
+    assert logged == {
         "event": "library_log",
         "logger": "aiokafka",
-        "level": "ERROR",
+        "level": "error",
         "message": 'Unable connect to "127.0.0.1:1": x "y"\nz',
     }

@@ -14,12 +14,12 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.integration import api_support
-from tests.integration.api_support import ApiProcess, cli_env, free_port, run_cli
-from tests.integration.conftest import create_database, create_topics, make_settings
+from tests.support.cli import ApiProcess, cli_env, run_cli
+from tests.support.database import create_database
+from tests.support.settings import create_topics, make_settings
+from usage_ingest.dev.embedded import free_port
 
 pytestmark = pytest.mark.integration
-api_process = api_support.api_process  # fixture
 
 KEY = re.compile(r"^uik_([0-9a-f]{12})_[A-Za-z0-9_-]{43}$")
 INVENTORIES = "/usage-product-inventories?page=1&pageSize=5"

@@ -17,29 +17,21 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from tests.integration import api_support
-from tests.integration.api_support import (
-    ALL_PERMISSIONS,
-    PATCH_JSON,
-    ApiWorld,
-    add_key,
-    free_port,
-    unique,
-    unique_int,
-)
-from tests.integration.conftest import RunningWorker, make_settings
+from tests.support.api import ALL_PERMISSIONS, PATCH_JSON, ApiWorld, add_key, unique, unique_int
+from tests.support.settings import make_settings
+from tests.support.worker import RunningWorker
 from usage_ingest.api import keys as api_keys
 from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.publisher import OnDemandProducer
 from usage_ingest.dev.broker import EmbeddedBroker
+from usage_ingest.dev.embedded import free_port
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 
 pytestmark = pytest.mark.integration
-api = api_support.api  # the module's fixture
 
 
 def codes(response: httpx.Response) -> list[tuple[str, str | None]]:
@@ -385,7 +377,7 @@ async def test_post_usage_is_published_keyed_by_reference_after_the_ack(api: Api
 
 
 async def api_support_read(settings: Settings, reference: str) -> list[Any]:
-    from tests.integration.conftest import read_topic
+    from tests.support.broker import read_topic
 
     messages = await read_topic(settings.kafka_bootstrap_servers, settings.topic_events, 1)
     return [m for m in messages if m.key == reference.encode()]

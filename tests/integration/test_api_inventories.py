@@ -9,11 +9,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration import api_support
-from tests.integration.api_support import PATCH_JSON, ApiWorld, unique, unique_int
+from tests.support.api import PATCH_JSON, ApiWorld, unique, unique_int
 
 pytestmark = pytest.mark.integration
-api = api_support.api  # the module's fixture
 
 
 def codes(response: Any) -> list[tuple[str, str | None]]:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from tests.integration.api_support import ApiWorld, close_world, open_world
-from tests.integration.conftest import create_database
+from tests.support.api import ApiWorld, close_world, open_world
+from tests.support.database import create_database
 from usage_ingest.api.limits import MAX_PATCH_OPERATIONS
 
 BUDGET_S = 0.5

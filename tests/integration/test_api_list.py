@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.api_support import ApiWorld, close_world, open_world
-from tests.integration.conftest import create_database
+from tests.support.api import ApiWorld, close_world, open_world
+from tests.support.database import create_database
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.integration.api_support import ALL_PERMISSIONS, ApiProcess, add_key, cli_env
-from tests.integration.conftest import create_database, create_topics, make_settings
+from tests.support.api import ALL_PERMISSIONS, add_key
+from tests.support.cli import ApiProcess, cli_env
+from tests.support.database import create_database
+from tests.support.settings import create_topics, make_settings
 from usage_ingest.domain.reference import ContractIn, InventoryIn, ProductItemIn
 from usage_ingest.store.store import Store
 

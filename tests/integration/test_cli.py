@@ -21,11 +21,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tests.integration.conftest import (
-    DEMO_REFERENCE,
-    committed_offsets,
-    read_topic,
-)
+from tests.support.broker import committed_offsets, read_topic
+from tests.support.database import DEMO_REFERENCE
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.errors import ExitCode

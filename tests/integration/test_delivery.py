@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
-from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,22 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
-from tests.integration.api_support import free_port
-from tests.integration.conftest import (
-    DEMO_REFERENCE,
-    INPUT_PARTITIONS,
-    RunningWorker,
-    committed_offsets,
-    create_topics,
-    make_settings,
-)
+from tests.support.broker import Offsets, committed_offsets, read_to_log_end, wait_committed
+from tests.support.database import StoredRow, load_demo_reference, prepared_database, stored_rows
+from tests.support.events import Outgoing, Sent, SourceKey, log_end, produce, sequence, usage_event
+from tests.support.settings import INPUT_PARTITIONS, create_topics, make_settings
+from tests.support.waiting import eventually
+from tests.support.worker import RunningWorker
+from usage_ingest.dev.embedded import free_port
 from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
-from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot
 from usage_ingest.errors import DependencyUnavailable
+from usage_ingest.kafka.connection import connection_options
 from usage_ingest.kafka.consumer import EventConsumer
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import Settings
@@ -54,128 +51,8 @@ from usage_ingest.worker.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-Offsets = dict[int, int]
-SourceKey = tuple[int, int]  # (partition, offset) of an input record
-POLL_S = 0.05
-
-
-# --- events -------------------------------------------------------------------
-
-
-def usage_event(reference: str, index: int) -> bytes:
-    """A valid event for the demo reference data: contract 1, or debtor 1 (every other one)."""
-    day, minute = 1 + index % 28, index % 50
-    body: dict[str, Any] = {
-        "externalReference": reference,
-        "productIdent": "demo.usage",
-        "startDate": f"2026-03-{day:02d}T10:{minute:02d}:00Z",
-        "endDate": f"2026-03-{day:02d}T10:{minute + 1:02d}:00+00:00",
-        "unitQuantities": [{"unit": "minute", "quantity": str(1 + index % 7)}],
-    }
-    if index % 2:
-        body["debtorId"] = 1
-    else:
-        body["contractId"] = 1
-    return json.dumps(body).encode()
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    reference: str
-    value: bytes
-    partition: int
-
-
-@dataclass(frozen=True)
-class Produced:
-    reference: str
-    partition: int
-    offset: int
-
-    @property
-    def source(self) -> SourceKey:
-        return (self.partition, self.offset)
-
-
-def wave(prefix: str, count: int) -> list[Outgoing]:
-    """`count` events with distinct references, spread over the input partitions."""
-    return [
-        Outgoing(f"{prefix}-{i}", usage_event(f"{prefix}-{i}", i), i % INPUT_PARTITIONS)
-        for i in range(count)
-    ]
-
-
-async def produce_to(
-    settings: Settings, records: Sequence[Outgoing], chunk: int = 0, pause_s: float = 0.0
-) -> list[Produced]:
-    """Produce to the input topic (key = reference); returns where each record landed."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=False
-    )
-    await producer.start()
-    produced: list[Produced] = []
-    try:
-        step = chunk or len(records) or 1
-        for start in range(0, len(records), step):
-            part = records[start : start + step]
-            futures = [
-                await producer.send(
-                    settings.topic_events, r.value, key=r.reference.encode(), partition=r.partition
-                )
-                for r in part
-            ]
-            sent = await asyncio.gather(*futures)
-            produced += [
-                Produced(r.reference, m.partition, m.offset)
-                for r, m in zip(part, sent, strict=True)
-            ]
-            if pause_s:
-                await asyncio.sleep(pause_s)
-    finally:
-        await producer.stop()
-    return produced
-
-
-def log_end_of(produced: Iterable[Produced]) -> Offsets:
-    """The log end of each input partition of a fresh topic, from the produce acks."""
-    ends = dict.fromkeys(range(INPUT_PARTITIONS), 0)
-    for record in produced:
-        ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    return ends
-
 
 # --- waiting ------------------------------------------------------------------
-
-
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], within_s: float, what: str
-) -> None:
-    """Poll `condition` until it holds; fail with `what` after `within_s` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        if loop.time() >= deadline:
-            raise AssertionError(f"not within {within_s} s: {what}")
-        await asyncio.sleep(POLL_S)
-
-
-async def wait_committed(settings: Settings, expected: Offsets, within_s: float) -> None:
-    last: dict[int, int | None] = {}
-
-    async def reached() -> bool:
-        nonlocal last
-        last = await committed_offsets(settings)
-        return last == expected
-
-    try:
-        await eventually(reached, within_s, "committed offsets at the log end")
-    except AssertionError as exc:
-        raise AssertionError(f"committed offsets {last}, log end {expected}") from exc
 
 
 async def wait_group_members(settings: Settings, members: int, within_s: float) -> None:
@@ -216,29 +93,23 @@ class Tail:
     """A topic read from offset 0: `wait_for` follows it as records arrive, `sync`
     reads all of it up to the high watermark the broker reports now."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int = 1) -> None:
+    def __init__(self, settings: Settings, topic: str, partitions: int = 1) -> None:
         self.topic = topic
-        self._bootstrap = bootstrap
+        self._settings = settings
         self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
-        self._follower = self._reader()
-        self._ends: Offsets = {}
-        self.followed: list[ConsumerRecord[bytes, bytes]] = []
-
-    def _reader(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+        self._follower = AIOKafkaConsumer(
+            **connection_options(settings),
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=100,
         )
-
-    async def _open(self, consumer: AIOKafkaConsumer) -> None:
-        await consumer.start()
-        consumer.assign(self._partitions)
-        await consumer.seek_to_beginning(*self._partitions)
+        self._ends: Offsets = {}
+        self.followed: list[ConsumerRecord[bytes, bytes]] = []
 
     async def start(self) -> None:
-        await self._open(self._follower)
+        await self._follower.start()
+        self._follower.assign(self._partitions)
+        await self._follower.seek_to_beginning(*self._partitions)
 
     async def stop(self) -> None:
         await self._follower.stop()
@@ -263,28 +134,10 @@ class Tail:
         return self.followed
 
     async def sync(self, within_s: float = 10.0) -> list[ConsumerRecord[bytes, bytes]]:
-        """Every record below the high watermarks of fetches sent after this call began:
-        an exact count. (A long-lived consumer may hold a high watermark from a fetch
-        answered before the latest records were produced, so a new one reads.)"""
-        reader = self._reader()
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        try:
-            await self._open(reader)
-
-            async def caught_up() -> bool:
-                batches = await reader.getmany(timeout_ms=50)
-                for messages in batches.values():
-                    records.extend(messages)
-                held = Counter(r.partition for r in records)
-                return all(
-                    (end := reader.highwater(tp)) is not None and held[tp.partition] >= end
-                    for tp in self._partitions
-                )
-
-            await eventually(caught_up, within_s, f"reading {self.topic} up to its log end")
-            self._ends = {tp.partition: int(reader.highwater(tp)) for tp in self._partitions}
-        finally:
-            await reader.stop()
+        """Every record up to the log end: an exact count (see `read_to_log_end`)."""
+        records, self._ends = await read_to_log_end(
+            self._settings, self.topic, len(self._partitions), within_s
+        )
         return records
 
     def log_end(self) -> Offsets:
@@ -302,12 +155,11 @@ class Tails:
 
 @contextlib.asynccontextmanager
 async def tails_of(settings: Settings) -> AsyncIterator[Tails]:
-    bootstrap_servers = settings.kafka_bootstrap_servers
     tails = Tails(
-        Tail(bootstrap_servers, settings.topic_events, INPUT_PARTITIONS),
-        Tail(bootstrap_servers, settings.topic_accepted),
-        Tail(bootstrap_servers, settings.topic_rejected),
-        Tail(bootstrap_servers, settings.topic_dlq),
+        Tail(settings, settings.topic_events, INPUT_PARTITIONS),
+        Tail(settings, settings.topic_accepted),
+        Tail(settings, settings.topic_rejected),
+        Tail(settings, settings.topic_dlq),
     )
     started: list[Tail] = []
     try:
@@ -320,11 +172,11 @@ async def tails_of(settings: Settings) -> AsyncIterator[Tails]:
             await tail.stop()
 
 
-async def input_log_end(tails: Tails, produced: Iterable[Produced]) -> Offsets:
+async def input_log_end(tails: Tails, produced: Iterable[Sent]) -> Offsets:
     """The input topic's high watermarks, which must agree with the produce acks."""
     await tails.events.sync()
     ends = tails.events.log_end()
-    assert ends == log_end_of(produced)
+    assert ends == log_end(produced)
     return ends
 
 
@@ -346,14 +198,6 @@ def without_processed_at(outcome: dict[str, Any]) -> dict[str, Any]:
 # --- the database -------------------------------------------------------------
 
 
-async def load_demo_reference(url: str) -> None:
-    store = await Store.open(url)
-    try:
-        await store.load_reference(read_reference_file(DEMO_REFERENCE))
-    finally:
-        await store.close()
-
-
 async def usage_rows(url: str) -> list[tuple[int, str]]:
     """Every usage, every column, as Postgres renders it: a byte-for-byte snapshot."""
     conn = await asyncpg.connect(url)
@@ -364,29 +208,12 @@ async def usage_rows(url: str) -> list[tuple[int, str]]:
     return [(r[0], r[1]) for r in rows]
 
 
-@dataclass(frozen=True)
-class StoredRow:
-    usage_id: int
-    source: SourceKey
-
-
 async def stored_by_reference(url: str) -> dict[str, StoredRow]:
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch(
-            "SELECT external_reference, id, source_topic, source_partition, source_offset "
-            "FROM usages"
-        )
-    finally:
-        await conn.close()
-    return {
-        r["external_reference"]: StoredRow(r["id"], (r["source_partition"], r["source_offset"]))
-        for r in rows
-    }
+    return {row.reference: row for row in await stored_rows(url)}
 
 
 def assert_one_created_outcome_each(
-    produced: Sequence[Produced], outcomes: list[dict[str, Any]], stored: dict[str, StoredRow]
+    produced: Sequence[Sent], outcomes: list[dict[str, Any]], stored: dict[str, StoredRow]
 ) -> None:
     """Each record stored once, from itself, and reported `created` exactly once."""
     assert sorted(stored) == sorted(p.reference for p in produced)
@@ -556,17 +383,6 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
         await asyncio.to_thread(server.stop)
 
 
-async def prepared_database(server: EmbeddedPostgres) -> str:
-    url = await asyncio.to_thread(server.create_database, "usage")
-    store = await Store.open(url)
-    try:
-        await store.migrate()
-        await store.load_reference(read_reference_file(DEMO_REFERENCE))
-    finally:
-        await store.close()
-    return url
-
-
 class ObservedStore:
     """The worker's store, counting the calls that failed because the database was away."""
 
@@ -629,7 +445,7 @@ async def test_crash_before_offset_commit_redelivers_without_changing_rows(
     await load_demo_reference(url)
     n = 45
     async with tails_of(settings) as tails:
-        produced = await produce_to(settings, wave("crash-commit", n))
+        produced = await produce(settings, sequence("crash-commit", 0, n))
         ends = await input_log_end(tails, produced)
 
         acknowledged = AcknowledgedOutcomes([settings.topic_accepted, settings.topic_rejected])
@@ -678,14 +494,15 @@ async def test_crash_before_outcomes_gives_every_record_its_first_outcome(
     n = 45
     refused = [
         Outgoing(
-            "crash-publish-unknown",
             usage_event("crash-publish-unknown", 0).replace(b"demo.usage", b"no.such"),
             0,
+            b"crash-publish-unknown",
+            None,
         ),
-        Outgoing("crash-publish-garbage", b"{not json", 1),
+        Outgoing(b"{not json", 1, b"crash-publish-garbage", None),
     ]
     async with tails_of(settings) as tails:
-        produced = await produce_to(settings, [*wave("crash-publish", n), *refused])
+        produced = await produce(settings, [*sequence("crash-publish", 0, n), *refused])
         valid, invalid = produced[:n], produced[n:]
         ends = await input_log_end(tails, produced)
 
@@ -737,14 +554,14 @@ async def test_database_outage_retries_and_never_rejects(
     settings = make_settings(kafka_bootstrap, url)
     await create_topics(settings)
     async with tails_of(settings) as tails:
-        warm_up = await produce_to(settings, wave("up", 60))
+        warm_up = await produce(settings, sequence("up", 0, 60))
         worker = start_worker(settings)
         await tails.accepted.wait_for(len(warm_up), within_s=20)
         [store] = observed_stores
 
         # A stream in small waves; Postgres is killed while it flows.
         stream = asyncio.create_task(
-            produce_to(settings, wave("stream", 300), chunk=30, pause_s=0.1)
+            produce(settings, sequence("stream", 0, 300), chunk=30, pause_s=0.1)
         )
         try:
             conn = await asyncpg.connect(url)
@@ -762,7 +579,7 @@ async def test_database_outage_retries_and_never_rejects(
             streamed = await stream
         committed_down = await committed_offsets(settings)
         accepted_down = len(await tails.accepted.sync())
-        while_down = await produce_to(settings, wave("down", 60))
+        while_down = await produce(settings, sequence("down", 0, 60))
         await wait_retrying(store, tails, 3)
         # Down: nothing refused, nothing dead-lettered, no outcome and no commit more.
         assert await tails.rejected.sync() == []
@@ -793,14 +610,15 @@ async def test_two_workers_in_one_group_store_each_reference_once(
     settings = make_settings(kafka_bootstrap, database_url, batch_max_records=100)
     await create_topics(settings)
     await load_demo_reference(database_url)
-    originals = wave("pair", 2000)
+    originals = sequence("pair", 0, 2000)
     # Re-deliveries of the same reference and payload on another partition, produced
     # next to the original, so that the two workers race for the same reference.
     chunks: list[Outgoing] = []
     for start in range(0, len(originals), 100):
         part = originals[start : start + 100]
         again = [
-            Outgoing(r.reference, r.value, (r.partition + 1) % INPUT_PARTITIONS) for r in part[::20]
+            Outgoing(r.value, (r.partition + 1) % INPUT_PARTITIONS, r.key, r.reference)
+            for r in part[::20]
         ]
         chunks += part + again
     async with tails_of(settings) as tails:
@@ -813,7 +631,7 @@ async def test_two_workers_in_one_group_store_each_reference_once(
         # both say they are in the group, or one could stop before it took any record.
         for port in ports:
             await wait_ready(port, within_s=15)
-        producing = asyncio.create_task(produce_to(settings, chunks, chunk=105, pause_s=0.05))
+        producing = asyncio.create_task(produce(settings, chunks, chunk=105, pause_s=0.05))
         try:
             conn = await asyncpg.connect(database_url)
             try:
@@ -869,7 +687,7 @@ async def test_graceful_stop_while_database_is_down_abandons_the_batch(
     settings = make_settings(kafka_bootstrap, url, shutdown_grace_s=grace_s)
     await create_topics(settings)
     async with tails_of(settings) as tails:
-        first_wave = await produce_to(settings, wave("kept", 30))
+        first_wave = await produce(settings, sequence("kept", 0, 30))
         worker = start_worker(settings)
         await tails.accepted.wait_for(30, within_s=20)
         committed_before = await input_log_end(tails, first_wave)
@@ -877,7 +695,7 @@ async def test_graceful_stop_while_database_is_down_abandons_the_batch(
 
         await asyncio.to_thread(own_postgres.kill)
         [store] = observed_stores
-        second_wave = await produce_to(settings, wave("abandoned", 30))
+        second_wave = await produce(settings, sequence("abandoned", 0, 30))
         await wait_retrying(store, tails, 2)
         loop = asyncio.get_running_loop()
         stopping_at = loop.time()
@@ -940,7 +758,7 @@ async def test_crashed_worker_leaves_no_batch_running(
         return store
 
     monkeypatch.setattr(bootstrap, "open_store", open_stuck)
-    await produce_to(settings, wave("orphan", 6))
+    await produce(settings, sequence("orphan", 0, 6))
     worker = start_worker(settings)
     await eventually(lambda: bool(stores) and stores[0].stuck.is_set(), 20, "a stuck write")
     await worker.crash()

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.conftest import _with_database, create_database
+from tests.support.database import create_database, with_database
 from usage_ingest.store.connection import SQL_DIR
 from usage_ingest.store.store import Store
 
@@ -48,7 +48,7 @@ async def empty_database(admin_url: str) -> str:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return _with_database(admin_url, name)
+    return with_database(admin_url, name)
 
 
 @pytest.fixture

@@ -14,13 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import (
-    DEMO_REFERENCE,
-    RunningWorker,
-    create_topics,
-    make_settings,
-    produce,
-)
+from tests.support.broker import produce_values
+from tests.support.database import DEMO_REFERENCE
+from tests.support.settings import create_topics, make_settings
+from tests.support.worker import RunningWorker
 from usage_ingest.cli.lag import lag_report
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.dev.postgres import EmbeddedPostgres
@@ -112,7 +109,7 @@ async def test_lag_metrics_and_readiness_as_operators_see_them(
     await store.close()
 
     # While no worker runs, the whole backlog is lag.
-    await produce(kafka_bootstrap, settings.topic_events, list(WORKLOAD))
+    await produce_values(kafka_bootstrap, settings.topic_events, list(WORKLOAD))
     before = lag_cli(settings, "--json", "--max-lag", "0")
     report = json.loads(before.stdout)
     assert report["offsetLag"] == len(WORKLOAD)
@@ -169,7 +166,7 @@ async def test_lag_of_a_group_that_committed_and_stopped(
     store = await open_store(settings)
     await store.load_reference(read_reference_file(DEMO_REFERENCE))
     await store.close()
-    await produce(settings.kafka_bootstrap_servers, settings.topic_events, [event("first")])
+    await produce_values(settings.kafka_bootstrap_servers, settings.topic_events, [event("first")])
     worker = start_worker(settings)
 
     async def caught_up() -> bool:
@@ -180,7 +177,7 @@ async def test_lag_of_a_group_that_committed_and_stopped(
     await wait_for(caught_up, 60, "the first event to be committed")
     await worker.stop()
 
-    await produce(
+    await produce_values(
         settings.kafka_bootstrap_servers,
         settings.topic_events,
         [event(f"late-{i}") for i in range(7)],

@@ -22,7 +22,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.integration.conftest import RunningWorker, create_database, make_settings
+from tests.support.database import create_database
+from tests.support.settings import make_settings
+from tests.support.worker import RunningWorker
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.settings import Settings

@@ -5,7 +5,7 @@ publishes, rely on one key staying on one partition)."""
 
 from __future__ import annotations
 
-from tests.integration.conftest import produce, read_topic
+from tests.support.broker import produce_values, read_topic
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.kafka.producer import OutputProducer
@@ -29,7 +29,7 @@ async def test_keys_land_on_the_partitions_of_the_default_partitioner(
         )
     finally:
         await producer.stop()
-    await produce(kafka_bootstrap, theirs, [b"v" + k for k in keys], keys=list(keys))
+    await produce_values(kafka_bootstrap, theirs, [b"v" + k for k in keys], keys=list(keys))
     by_us = await read_topic(kafka_bootstrap, ours, len(keys))
     by_aiokafka = await read_topic(kafka_bootstrap, theirs, len(keys))
     assert len(by_us) == len(keys)

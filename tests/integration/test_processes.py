@@ -22,14 +22,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.conftest import (
-    DEMO_REFERENCE,
-    committed_offsets,
-    create_topics,
-    make_settings,
-    produce,
-    read_topic,
-)
+from tests.support.broker import committed_offsets, produce_values, read_topic
+from tests.support.database import DEMO_REFERENCE
+from tests.support.settings import create_topics, make_settings
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
@@ -165,7 +160,7 @@ async def streaming(settings: Settings, references: list[str]) -> AsyncIterator[
     async def go() -> None:
         for start in range(0, len(references), CHUNK):
             chunk = references[start : start + CHUNK]
-            await produce(
+            await produce_values(
                 settings.kafka_bootstrap_servers,
                 settings.topic_events,
                 [event(ref, 1) for ref in chunk],

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.conftest import DEMO_REFERENCE
+from tests.support.database import DEMO_REFERENCE
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.domain.resolution import ReferenceKeys
 from usage_ingest.errors import ReferenceDataError

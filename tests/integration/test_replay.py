@@ -37,7 +37,9 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from tests.integration.conftest import DEMO_REFERENCE, RunningWorker, create_database, make_settings
+from tests.support.database import DEMO_REFERENCE, create_database
+from tests.support.settings import make_settings
+from tests.support.worker import RunningWorker
 from usage_ingest.domain.records import InputRecord, Partition
 from usage_ingest.domain.reference import ReferenceFile, read_reference_file
 from usage_ingest.kafka.admin import ensure_topics

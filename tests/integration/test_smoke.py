@@ -6,7 +6,8 @@ import json
 
 import asyncpg
 
-from tests.integration.conftest import DEMO_REFERENCE, produce, read_topic
+from tests.support.broker import produce_values, read_topic
+from tests.support.database import DEMO_REFERENCE
 from usage_ingest.domain.reference import read_reference_file
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
@@ -26,7 +27,7 @@ async def test_one_event_is_stored_and_accepted(
         "endDate": "2026-11-22T10:01:00Z",
         "unitQuantities": [{"unit": "minute", "quantity": 1}],
     }
-    await produce(
+    await produce_values(
         settings.kafka_bootstrap_servers, settings.topic_events, [json.dumps(event).encode()]
     )
     worker = start_worker(settings)

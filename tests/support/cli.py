@@ -1,0 +1,98 @@
+"""The real command line as child processes: `usage-ingest` commands run to their end,
+and `usage-ingest api` served on a port of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from usage_ingest.dev.embedded import free_port
+from usage_ingest.settings import Settings
+
+USAGE_INGEST = Path(sys.executable).parent / "usage-ingest"
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> Completed:
+    process = await asyncio.create_subprocess_exec(
+        str(USAGE_INGEST),
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return Completed(process.returncode, stdout.decode(), stderr.decode())
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    assert settings.database_url is not None
+    return {
+        "USAGE_INGEST_DATABASE_URL": settings.database_url.get_secret_value(),
+        "USAGE_INGEST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "USAGE_INGEST_TOPIC_EVENTS": settings.topic_events,
+        "USAGE_INGEST_LOG_FORMAT": "json",
+    }
+
+
+class ApiProcess:
+    """`usage-ingest api` as a child process, on a port of its own."""
+
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.stderr = b""
+        # A file, not a pipe: a pipe nobody reads fills up and blocks the server's logging.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
+
+    async def start(self, timeout: float = 30) -> ApiProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            str(USAGE_INGEST),
+            "api",
+            "--port",
+            str(self.port),
+            env={**os.environ, **self.env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=self._log,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with httpx.AsyncClient(base_url=self.base_url) as client:
+            while True:
+                if self.process.returncode is not None:
+                    raise AssertionError(f"usage-ingest api exited: {await self.stop()}")
+                try:
+                    if (await client.get("/healthz")).status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                if loop.time() > deadline:
+                    raise AssertionError("usage-ingest api did not answer /healthz")
+                await asyncio.sleep(0.1)
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        returncode = await asyncio.wait_for(self.process.wait(), timeout)
+        self._log.seek(0)
+        self.stderr = self._log.read()
+        self._log.close()
+        return returncode
