@@ -40,6 +40,7 @@ from tests.chaos.harness import (
     wait_committed,
 )
 from tests.chaos.hostile import draw_many, hostile_records, hypothesis_settings
+from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
 from usage_ingest.domain.messages import IDENT_PATTERN
 from usage_ingest.domain.records import InputRecord, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import (
@@ -52,7 +53,7 @@ from usage_ingest.domain.resolution import (
 from usage_ingest.domain.validation import InvalidEvent, ValidEvent, validate_record
 from usage_ingest.errors import ErrorCode
 from usage_ingest.settings import Settings
-from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS, Pipeline
+from usage_ingest.worker.pipeline import Pipeline
 
 CASES = int(os.environ.get("CHAOS_HOSTILE_CASES", "2500"))
 THROUGH_WORKER = 300

@@ -34,7 +34,7 @@ from usage_ingest.dev.embedded import EmbeddedBroker, EmbeddedPostgres
 from usage_ingest.kafka import ensure_topics
 from usage_ingest.settings import Settings
 from usage_ingest.store import open_store
-from usage_ingest.worker.pipeline import Counters
+from usage_ingest.worker.metrics import Counters
 from usage_ingest.worker.runtime import run_worker
 
 pytestmark = pytest.mark.integration

@@ -16,6 +16,7 @@ import structlog
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
 from usage_ingest import store as store_module
+from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
 from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import (
     Contract,
@@ -28,7 +29,7 @@ from usage_ingest.errors import StoreRefusedData, StoreUnavailable
 from usage_ingest.kafka import CommitRefused, murmur2, partition_for
 from usage_ingest.settings import Settings
 from usage_ingest.worker import pipeline as pipeline_module
-from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS, Pipeline, next_offsets
+from usage_ingest.worker.pipeline import Pipeline, next_offsets
 
 TOPIC = "usage.events"
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

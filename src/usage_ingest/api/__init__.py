@@ -128,7 +128,7 @@ from usage_ingest.store import (
     Store,
     open_store,
 )
-from usage_ingest.times import format_utc
+from usage_ingest.times import format_utc_micros
 
 log = structlog.get_logger("usage_ingest.api")
 
@@ -553,7 +553,7 @@ PatchOperation = Annotated[
 
 Instant = Annotated[
     datetime,
-    PlainSerializer(format_utc, return_type=str),
+    PlainSerializer(format_utc_micros, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 

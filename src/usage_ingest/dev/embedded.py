@@ -12,7 +12,6 @@ signal, so a killed test run or dev session leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import signal
@@ -30,6 +29,8 @@ from types import ModuleType, TracebackType
 from typing import Final, Self
 from urllib.parse import quote
 
+from usage_ingest.worker.parent_death import parent_death_hook
+
 __all__ = [
     "EmbeddedBroker",
     "EmbeddedPostgres",
@@ -42,7 +43,6 @@ LOCALHOST: Final = "127.0.0.1"
 _POLL_INTERVAL_S: Final = 0.05
 _LOG_TAIL_LINES: Final = 20
 _CONNECT_TIMEOUT_S: Final = 0.5
-_PR_SET_PDEATHSIG: Final = 1
 _PG_SYSTEM_USER: Final = "embedded_postgres"
 _PG_SUPERUSER: Final = "postgres"
 
@@ -79,25 +79,6 @@ def free_port() -> int:
 # from one long-lived thread keeps a server alive when it is started from a short-lived worker
 # thread (asyncio.to_thread and the like), and still kills it when the interpreter exits.
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-spawn")
-
-
-def parent_death_hook(
-    sig: signal.Signals = signal.SIGKILL,
-) -> Callable[[], None] | None:
-    """A `preexec_fn` that sends the child `sig` when this process dies, on Linux; None
-    elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def hook() -> None:
-        # Runs in the child after the switch to another user, which would clear the setting.
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig))
-        if os.getppid() != parent:  # the parent died before the setting took effect
-            os._exit(1)
-
-    return hook
 
 
 def _child_env() -> dict[str, str]:

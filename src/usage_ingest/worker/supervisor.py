@@ -43,9 +43,9 @@ import structlog
 from pydantic import SecretStr
 from pydantic_core import to_jsonable_python
 
-from usage_ingest.dev.embedded import parent_death_hook
 from usage_ingest.errors import ConfigurationError, ExitCode, UsageIngestError
 from usage_ingest.settings import ENV_PREFIX, MAX_PORT, Settings
+from usage_ingest.worker.parent_death import parent_death_hook
 
 log = structlog.get_logger("usage_ingest.worker.supervisor")
 
