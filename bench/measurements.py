@@ -42,7 +42,7 @@ from usage_ingest.domain.validation import ValidEvent, validate_record
 from usage_ingest.kafka.consumer import EventConsumer
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.store.store import Store
-from usage_ingest.worker.pipeline import _usage_row
+from usage_ingest.worker.outcomes import usage_row
 
 _COLUMNS: Final = USAGE_COLUMNS
 _COPY_CHUNK: Final = 20_000
@@ -184,7 +184,7 @@ async def _ignore_revoked(_partitions: object) -> None:
 class CpuCeiling:
     """What the project's pure functions cost per event on one core (in the benchmark
     process, nothing else running): `validate_record` over a sample of the workload,
-    `resolve` and `_usage_row` over its valid events."""
+    `resolve` and `usage_row` over its valid events."""
 
     records: int
     validate_s: float
@@ -210,7 +210,7 @@ _CEILING_SAMPLE: Final = 20_000
 
 
 def measure_cpu_ceiling(records: Sequence[InputRecord], snapshot: ReferenceSnapshot) -> CpuCeiling:
-    """Time `validate_record` (and `resolve` + `_usage_row` for the valid ones) over up to
+    """Time `validate_record` (and `resolve` + `usage_row` for the valid ones) over up to
     20k records, keeping only the sample's valid events, with this process's large heap
     (every record of the topic) frozen out of the garbage collector: the per-event cost a
     worker pays, which holds one batch at a time."""
@@ -229,7 +229,7 @@ def measure_cpu_ceiling(records: Sequence[InputRecord], snapshot: ReferenceSnaps
         for record, checked in valid:
             resolution = resolve(checked.event, checked.usage_date, snapshot)
             if isinstance(resolution, Resolution):
-                _usage_row(record, checked, resolution)
+                usage_row(record, checked, resolution)
         resolve_s = time.process_time() - started
     finally:
         gc.unfreeze()
@@ -241,7 +241,7 @@ async def build_rows(
 ) -> tuple[list[UsageRow], CpuCeiling]:
     """The rows the pipeline stores for these records, made with the project's own
     validation, resolution (against reference data fetched with `Store.fetch_reference`)
-    and `_usage_row`: the first record of each externalReference that resolves. Also
+    and `usage_row`: the first record of each externalReference that resolves. Also
     measures the CPU ceiling of those functions (`measure_cpu_ceiling`)."""
     valid: list[tuple[InputRecord, ValidEvent]] = []
     for record in records:
@@ -261,7 +261,7 @@ async def build_rows(
         resolution = resolve(checked.event, checked.usage_date, snapshot)
         if isinstance(resolution, Resolution):
             rows.setdefault(
-                checked.event.external_reference, _usage_row(record, checked, resolution)
+                checked.event.external_reference, usage_row(record, checked, resolution)
             )
     del valid
     return list(rows.values()), measure_cpu_ceiling(records, snapshot)

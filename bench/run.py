@@ -406,54 +406,75 @@ def _storage_ratio_rows(results: Results, ratios: dict[str, float | None]) -> li
     return rows
 
 
-def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
-    rows: list[Row] = []
+def table_rows(results: Results) -> list[Row]:
+    """Every row of the printed table, in its order."""
     ratios = _ratios(results)
+    return [
+        *_pipeline_rows(results),
+        *_limit_rows(results),
+        *_ceiling_rows(results),
+        *_storage_ratio_rows(results, ratios),
+        *_pipeline_ratio_rows(ratios),
+        *_latency_rows(results),
+        *_memory_rows(results, ratios),
+        *_two_worker_rows(results, ratios),
+    ]
+
+
+def _pipeline_rows(results: Results) -> list[Row]:
+    """The real worker draining the backlog."""
     pipeline = results.pipeline
-    if pipeline is not None:
-        d = pipeline.drained
-        rows += [
-            Row(
-                "pipeline: sustained throughput",
-                d.per_second,
-                "events/s",
-                note=f"{d.window_records:,} events in {d.window_s:.1f} s, first commit → log end",
-            ),
-            Row("pipeline: stored rows", _pipeline_rows_per_s(results), "rows/s"),
-            Row(
-                "pipeline: CPU per 1k events",
-                d.cpu_s_per_1k,
-                "CPU s",
-                note=f"worker process; {d.cores.get('workers', 0):.2f} cores busy",
-            ),
-            Row(
-                "pipeline: worker CPU per event",
-                d.cpu_s_per_1k * 1000,
-                "µs",
-                f"<= {TARGET_WORKER_CPU_US:g}",
-                d.cpu_s_per_1k * 1000 <= TARGET_WORKER_CPU_US,
-                "every rule, outcome and dead letter",
-            ),
-            Row("pipeline: peak RSS", d.peak_rss_bytes[0] / MIB, "MiB", note="VmHWM"),
-            Row(
-                "pipeline: batches",
-                None,
-                "",
-                note=_batch_note(pipeline.worker_metrics[0] if pipeline.worker_metrics else {}),
-            ),
-            Row(
-                "pipeline: start → first commit (excluded)",
-                d.started_to_first_commit_s,
-                "s",
-                note="process start-up and group join",
-            ),
-            Row(
-                "machine: busy cores during pipeline",
-                d.cores.get("machine"),
-                "cores",
-                note=_cores_note(d.cores),
-            ),
-        ]
+    if pipeline is None:
+        return []
+    d = pipeline.drained
+    return [
+        Row(
+            "pipeline: sustained throughput",
+            d.per_second,
+            "events/s",
+            note=f"{d.window_records:,} events in {d.window_s:.1f} s, first commit → log end",
+        ),
+        Row("pipeline: stored rows", _pipeline_rows_per_s(results), "rows/s"),
+        Row(
+            "pipeline: CPU per 1k events",
+            d.cpu_s_per_1k,
+            "CPU s",
+            note=f"worker process; {d.cores.get('workers', 0):.2f} cores busy",
+        ),
+        Row(
+            "pipeline: worker CPU per event",
+            d.cpu_s_per_1k * 1000,
+            "µs",
+            f"<= {TARGET_WORKER_CPU_US:g}",
+            d.cpu_s_per_1k * 1000 <= TARGET_WORKER_CPU_US,
+            "every rule, outcome and dead letter",
+        ),
+        Row("pipeline: peak RSS", d.peak_rss_bytes[0] / MIB, "MiB", note="VmHWM"),
+        Row(
+            "pipeline: batches",
+            None,
+            "",
+            note=_batch_note(pipeline.worker_metrics[0] if pipeline.worker_metrics else {}),
+        ),
+        Row(
+            "pipeline: start → first commit (excluded)",
+            d.started_to_first_commit_s,
+            "s",
+            note="process start-up and group join",
+        ),
+        Row(
+            "machine: busy cores during pipeline",
+            d.cores.get("machine"),
+            "cores",
+            note=_cores_note(d.cores),
+        ),
+    ]
+
+
+def _limit_rows(results: Results) -> list[Row]:
+    """The physical limits measured on the same machine in the same run."""
+    rows: list[Row] = []
+    pipeline = results.pipeline
     if results.storage is not None:
         storage = results.storage
         for method in storage.seconds:
@@ -502,6 +523,12 @@ def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
                     note="validation, resolution, storage, outcome encoding (same run)",
                 )
             )
+    return rows
+
+
+def _ceiling_rows(results: Results) -> list[Row]:
+    """What the pure functions cost alone, and the naive worker."""
+    rows: list[Row] = []
     if results.cpu_ceiling is not None:
         ceiling = results.cpu_ceiling
         per_second = ceiling.records / ceiling.validate_s
@@ -526,7 +553,12 @@ def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
                 note=f"first {n.records:,} records in {n.seconds:.1f} s",
             )
         )
-    rows += _storage_ratio_rows(results, ratios)
+    return rows
+
+
+def _pipeline_ratio_rows(ratios: dict[str, float | None]) -> list[Row]:
+    """The pipeline against the naive worker and the raw consumer."""
+    rows: list[Row] = []
     ratio = ratios["pipelineOverNaive"]
     if ratio is not None:
         rows.append(
@@ -535,6 +567,12 @@ def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
     ratio = ratios["pipelineOverConsumeLimit"]
     if ratio is not None:
         rows.append(Row("pipeline / raw consume", ratio, "x", note="for reference"))
+    return rows
+
+
+def _latency_rows(results: Results) -> list[Row]:
+    """Latency at a fixed offered load, and the broker's own."""
+    rows: list[Row] = []
     if results.latency is not None:
         lat = results.latency
         at = f"at {lat.offered_rate:g} events/s"
@@ -569,6 +607,12 @@ def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
                 "no processing",
             ),
         ]
+    return rows
+
+
+def _memory_rows(results: Results, ratios: dict[str, float | None]) -> list[Row]:
+    """Peak RSS under a small and a large backlog."""
+    rows: list[Row] = []
     if len(results.memory) == _MEMORY_RUNS:
         small, large = results.memory
         for run in results.memory:
@@ -591,6 +635,13 @@ def table_rows(results: Results) -> list[Row]:  # noqa: PLR0912
                     abs(ratio - 1) <= TARGET_MEMORY_BAND,
                 )
             )
+    return rows
+
+
+def _two_worker_rows(results: Results, ratios: dict[str, float | None]) -> list[Row]:
+    """Two workers in one group against one."""
+    rows: list[Row] = []
+    pipeline = results.pipeline
     if results.two_workers is not None:
         two = results.two_workers.drained
         rows.append(

@@ -368,8 +368,8 @@ class EventStream:
 
     # --- refused events ------------------------------------------------------------------
 
-    def _invalid(self, kind: str) -> BenchEvent:  # noqa: PLR0912 - one branch per kind
-        rng, model = self._rng, self._model
+    def _invalid(self, kind: str) -> BenchEvent:
+        rng = self._rng
         code = INVALID_KINDS[kind][1]
         body = self._body()
         if kind == "malformed_json":
@@ -377,6 +377,13 @@ class EventStream:
             return BenchEvent(key, value[: rng.randrange(1, len(value) - 1)], kind, REJECTED, code)
         if kind == "not_an_object":
             return BenchEvent(b"no-reference", b'["not", "an", "object"]', kind, REJECTED, code)
+        body = self._broken_body(kind, body)
+        key, value = _encode(body)
+        return BenchEvent(key, value, kind, REJECTED, code)
+
+    def _broken_body(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The valid body changed into one refused for `kind` (one branch per kind)."""
+        rng, model = self._rng, self._model
         if kind == "bad_quantity":
             body["unitQuantities"][0]["quantity"] = rng.choice(("-1", "abc", "1e400", "NaN"))
         elif kind == "missing_product":
@@ -407,8 +414,7 @@ class EventStream:
             recent = self._recent[rng.randrange(len(self._recent))]
             body = json.loads(recent.value)
             body["unitQuantities"][0]["quantity"] = "424242.5"  # never drawn by _quantity
-        key, value = _encode(body)
-        return BenchEvent(key, value, kind, REJECTED, code)
+        return body
 
 
 def _chance(rng: random.Random, probability: float) -> bool:

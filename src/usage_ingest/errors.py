@@ -93,6 +93,47 @@ class OverlappingProductReference(ReferenceDataConflict):
     overlaps: the same number would be billed twice."""
 
 
+# --- the worker and its supervisor ----------------------------------------------------
+
+
+class BatchAbandoned(UsageIngestError):
+    """The batch will not commit: its records are fetched again."""
+
+
+class CommitRefused(UsageIngestError):
+    """The group rebalanced before the commit: the new owner re-delivers the records."""
+
+
+class CrashLoop(UsageIngestError):
+    """A worker process kept crashing; every worker process was stopped."""
+
+
+class ChildRefused(ConfigurationError):
+    """A worker process was refused by its settings or setup; every one was stopped."""
+
+
+# --- the replay -----------------------------------------------------------------------
+
+
+class ReplayRefused(UsageIngestError):
+    """The replay cannot read its source as asked (no such topic, partition or offset)."""
+
+
+class ReplayFailed(UsageIngestError):
+    """The replay stopped before it was done; what was committed stays committed."""
+
+
+# --- the embedded servers of `usage-ingest dev` and the tests -------------------------
+
+
+class EmbeddedUnavailable(UsageIngestError):
+    """An embedded server cannot be provided: its binary is missing or it did not come up."""
+
+
+class PsqlError(UsageIngestError):
+    """A statement run through the bundled `psql` failed."""
+
+
 class ErrorCode(StrEnum):
     """Why a record was refused (SPEC.md §5). The values are a public contract."""
 

@@ -6,29 +6,29 @@ Pure: builds and renders the report from positions the Kafka adapter read.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from rich.table import Table
 
 from usage_ingest.kafka.admin import GroupDescription, PartitionPosition
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionLag:
+# JSON members in the platform's camelCase; `_s` suffixes spelled out as Seconds.
+class PartitionLag(msgspec.Struct, frozen=True, rename="camel"):
     topic: str
     partition: int
     committed: int | None
     log_end: int
     offset_lag: int
-    time_lag_s: float
+    time_lag_s: float = msgspec.field(name="timeLagSeconds")
 
 
-@dataclass(frozen=True, slots=True)
-class TopicLag:
+class TopicLag(msgspec.Struct, frozen=True, rename="camel"):
     topic: str
     offset_lag: int
-    time_lag_s: float
+    time_lag_s: float = msgspec.field(name="timeLagSeconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,25 +57,29 @@ class LagReport:
         return max((p.time_lag_s for p in self.partitions), default=0.0)
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "groupId": self.group_id,
-            "state": self.state,
-            "members": list(self.members),
-            "offsetLag": self.offset_lag,
-            "timeLagSeconds": self.time_lag_s,
-            "topics": [_camel(asdict(t)) for t in self.topics],
-            "partitions": [_camel(asdict(p)) for p in self.partitions],
-        }
+        document = _ReportJson(
+            self.group_id,
+            self.state,
+            self.members,
+            self.offset_lag,
+            self.time_lag_s,
+            self.topics,
+            self.partitions,
+        )
+        as_json: dict[str, Any] = msgspec.to_builtins(document)
+        return as_json
 
 
-def _camel(row: dict[str, Any]) -> dict[str, Any]:
-    """JSON keys in the platform's camelCase; `_s` suffixes spelled out as Seconds."""
-    renamed = {}
-    for key, value in row.items():
-        head, *rest = key.removesuffix("_s").split("_")
-        name = head + "".join(part.title() for part in rest)
-        renamed[name + ("Seconds" if key.endswith("_s") else "")] = value
-    return renamed
+class _ReportJson(msgspec.Struct, frozen=True, rename="camel"):
+    """The report as `--json` prints it, member by member."""
+
+    group_id: str
+    state: str
+    members: tuple[str, ...]
+    offset_lag: int
+    time_lag_s: float = msgspec.field(name="timeLagSeconds")
+    topics: tuple[TopicLag, ...]
+    partitions: tuple[PartitionLag, ...]
 
 
 def partition_lag(position: PartitionPosition, now_ms: int) -> PartitionLag:

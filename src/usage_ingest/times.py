@@ -1,6 +1,19 @@
-"""Instants: the one way this service reads a date-time (SPEC.md §3: ISO 8601, no offset
-meaning UTC, offsets range-checked) and the one text it writes (RFC 3339, UTC,
-microseconds)."""
+"""Instants: every date-time this service reads or writes, and the clock.
+
+Reading:
+
+* `parse_date_time`, `parse_date_time_with_text`: an event's date-time (SPEC.md §3: ISO
+  8601, no offset meaning UTC, offsets range-checked), the second with its canonical text;
+* `parse_operator_instant`: an operator's `--since` / `--until`, or a dead letter's
+  `failed-at` header: whatever ISO 8601 `datetime.fromisoformat` reads, a bare date too.
+
+Writing, in two text forms, both RFC 3339 in UTC:
+
+* `format_utc_micros`: microseconds, for stored and canonical instants (the canonical
+  payload, the database's columns, the API);
+* `format_utc_millis`: milliseconds, for `processedAt` (SPEC.md §5's example) and the
+  dead-letter and replay headers (`failed-at`, `replayed-at`), which operators read.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +43,8 @@ def parse_date_time(value: object) -> datetime:
     return _utc(value)
 
 
-def parse_instant(value: str) -> tuple[datetime, str]:
-    """`parse_date_time` and `format_utc` of it at once. The spelling nearly every
+def parse_date_time_with_text(value: str) -> tuple[datetime, str]:
+    """`parse_date_time` and `format_utc_micros` of it at once. The spelling nearly every
     producer uses in UTC ("2026-11-22T10:00:00Z", a fraction of up to six digits) is
     already the canonical text but for the fraction's padding: no formatting needed."""
     if _COMMON_DATE_TIME.fullmatch(value):
@@ -40,9 +53,9 @@ def parse_instant(value: str) -> tuple[datetime, str]:
             if len(value) == _SECONDS_Z:
                 return instant, value[:-1] + ".000000Z"
             return instant, value[:-1].ljust(_MICROSECONDS_Z - 1, "0") + "Z"
-        return instant, format_utc(instant)
+        return instant, format_utc_micros(instant)
     instant = parse_date_time(value)
-    return instant, format_utc(instant)
+    return instant, format_utc_micros(instant)
 
 
 # Lengths of "2026-11-22T10:00:00Z" and "2026-11-22T10:00:00.000000Z".
@@ -73,8 +86,8 @@ def _check_spelling(value: str) -> None:
         raise ValueError("has an impossible UTC offset: hours 00-23, minutes 00-59")
 
 
-def format_utc(value: datetime) -> str:
-    """The one text form of instants this service writes: RFC 3339, UTC, microseconds.
+def format_utc_micros(value: datetime) -> str:
+    """The text form of stored and canonical instants: RFC 3339, UTC, microseconds.
 
     (Not strftime: its %Y does not pad years before 1000 to four digits. Not isoformat:
     the same text at twice the cost.)"""
@@ -92,3 +105,28 @@ def format_utc(value: datetime) -> str:
 
 
 _UTC_FORMAT = "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ"
+
+
+def format_utc_millis(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds, as in SPEC.md §5's example (`processedAt`) and
+    the `usage-ingest.failed-at` header."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_operator_instant(text: str) -> datetime:
+    """An RFC 3339 / ISO 8601 date-time; without an offset it is UTC (as in SPEC.md §3).
+
+    A bare date means its midnight UTC. Raises ValueError for anything else.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError("empty date-time")
+    if value[-1] in "zZ":
+        value = value[:-1] + "+00:00"
+    moment = datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def utc_now() -> datetime:
+    """The clock the worker and the replay read (tests give them their own)."""
+    return datetime.now(UTC)

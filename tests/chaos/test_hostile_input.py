@@ -32,6 +32,7 @@ from tests.chaos.hostile import draw_many, hostile_records, hypothesis_settings
 from tests.support.broker import wait_committed
 from tests.support.events import Outgoing, log_end, produce, sequence, usage_event
 from tests.support.settings import INPUT_PARTITIONS
+from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
 from usage_ingest.domain.messages import IDENT_PATTERN
 from usage_ingest.domain.records import InputRecord, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import (
@@ -44,7 +45,7 @@ from usage_ingest.domain.resolution import (
 from usage_ingest.domain.validation import InvalidEvent, ValidEvent, validate_record
 from usage_ingest.errors import ErrorCode
 from usage_ingest.settings import Settings
-from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS, Pipeline
+from usage_ingest.worker.pipeline import Pipeline
 
 CASES = int(os.environ.get("CHAOS_HOSTILE_CASES", "2500"))
 THROUGH_WORKER = 300

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from usage_ingest.dev.broker import EmbeddedBroker
-from usage_ingest.dev.embedded import EmbeddedUnavailable, free_port
-from usage_ingest.dev.postgres import EmbeddedPostgres, PsqlError
+from usage_ingest.dev.embedded import free_port
+from usage_ingest.dev.postgres import EmbeddedPostgres
+from usage_ingest.errors import EmbeddedUnavailable, PsqlError
 
 pytestmark = pytest.mark.integration
 

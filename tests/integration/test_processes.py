@@ -27,9 +27,10 @@ from tests.support.database import DEMO_REFERENCE
 from tests.support.settings import create_topics, make_settings
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.domain.reference import read_reference_file
+from usage_ingest.errors import CrashLoop
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
-from usage_ingest.worker.supervisor import CrashLoop, RestartPolicy, Supervisor
+from usage_ingest.worker.supervisor import RestartPolicy, Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from usage_ingest.settings import Settings
-from usage_ingest.worker.pipeline import Counters
+from usage_ingest.worker.metrics import Counters
 from usage_ingest.worker.runtime import run_worker
 
 

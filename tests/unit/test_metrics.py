@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from usage_ingest.dev.embedded import free_port
-from usage_ingest.worker.metrics import PartitionProgress, WorkerMetrics, serve_operations
+from usage_ingest.worker.metrics import PartitionProgress, WorkerMetrics
+from usage_ingest.worker.operations import serve_operations
 
 
 async def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:

@@ -15,6 +15,7 @@ import pytest
 import structlog
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
+from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
 from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import (
     Contract,
@@ -23,13 +24,12 @@ from usage_ingest.domain.resolution import (
     ReferenceKeys,
     ReferenceSnapshot,
 )
-from usage_ingest.errors import StoreRefusedData, StoreUnavailable
-from usage_ingest.kafka.consumer import CommitRefused
+from usage_ingest.errors import CommitRefused, StoreRefusedData, StoreUnavailable
 from usage_ingest.kafka.producer import murmur2, partition_for
 from usage_ingest.settings import Settings
 from usage_ingest.store import connection as store_module
 from usage_ingest.worker import pipeline as pipeline_module
-from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS, Pipeline, next_offsets
+from usage_ingest.worker.pipeline import Pipeline, next_offsets
 
 TOPIC = "usage.events"
 FIXED_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

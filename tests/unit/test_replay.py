@@ -17,25 +17,19 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from usage_ingest.cli import main
-from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
-from usage_ingest.errors import BrokerUnavailable
-from usage_ingest.replay.run import (
+from usage_ingest.domain.dead_letters import (
+    DEAD_LETTER_HEADERS,
     H_REPLAYED_AT,
     DeadLetter,
-    ReplayFailed,
-    ReplayPlan,
-    ReplaySummary,
-    Selection,
-    SkipReason,
-    TimeField,
-    format_instant,
-    parse_instant,
     reference_of,
-    replay,
     replayed_record,
 )
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
+from usage_ingest.errors import BrokerUnavailable, ReplayFailed
+from usage_ingest.replay.run import ReplayPlan, ReplaySummary, replay
+from usage_ingest.replay.selection import Selection, SkipReason, TimeField
 from usage_ingest.replay.view import ReplayProgress, print_summary
-from usage_ingest.worker.pipeline import DEAD_LETTER_HEADERS
+from usage_ingest.times import format_utc_millis, parse_operator_instant
 
 DLQ = "usage.events.dlq"
 EVENTS = "usage.events"
@@ -298,7 +292,7 @@ def test_first_failure_gets_count_one_and_a_null_value_stays_null() -> None:
     ],
 )
 def test_parse_instant(text: str, expected: datetime) -> None:
-    parsed = parse_instant(text)
+    parsed = parse_operator_instant(text)
     assert parsed == expected
     assert parsed.tzinfo is not None
 
@@ -306,12 +300,12 @@ def test_parse_instant(text: str, expected: datetime) -> None:
 @pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01", "2026-11-22T25:00:00Z"])
 def test_parse_instant_refuses(text: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - any ValueError is the contract
-        parse_instant(text)
+        parse_operator_instant(text)
 
 
 def test_format_instant_is_utc_with_milliseconds() -> None:
     moment = datetime(2026, 11, 22, 11, 0, 0, 123456, tzinfo=UTC) + timedelta(hours=0)
-    assert format_instant(moment) == "2026-11-22T11:00:00.123Z"
+    assert format_utc_millis(moment) == "2026-11-22T11:00:00.123Z"
 
 
 # --- the loop ------------------------------------------------------------------------

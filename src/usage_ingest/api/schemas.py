@@ -43,7 +43,7 @@ from usage_ingest.domain.reference import (
     ProductReferenceIn,
     SingleLine,
 )
-from usage_ingest.times import format_utc
+from usage_ingest.times import format_utc_micros
 
 _DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
@@ -252,7 +252,7 @@ class Contract(_CamelStrict):
 
 Instant = Annotated[
     datetime,
-    PlainSerializer(format_utc, return_type=str),
+    PlainSerializer(format_utc_micros, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 

@@ -15,12 +15,12 @@ from usage_ingest.settings import Settings
 
 def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
     """--since / --until: an RFC 3339 date-time, UTC when it has no offset."""
-    from usage_ingest.replay.run import parse_instant
+    from usage_ingest.times import parse_operator_instant
 
     if value is None:
         return None
     try:
-        return parse_instant(value)
+        return parse_operator_instant(value)
     except ValueError:
         raise click.BadParameter(
             f"{value!r} is not an RFC 3339 date-time (e.g. 2026-11-22T10:00:00Z)"
@@ -147,7 +147,8 @@ def replay(
     """
     from rich.console import Console
 
-    from usage_ingest.replay.run import ReplayPlan, Selection, TimeField, run_replay
+    from usage_ingest.replay.run import ReplayPlan, run_replay
+    from usage_ingest.replay.selection import Selection, TimeField
     from usage_ingest.replay.view import ReplayProgress, print_json, print_summary
 
     if offset is not None and not partitions:

@@ -14,7 +14,6 @@ from typing import Self
 
 from usage_ingest.dev.embedded import (
     LOCALHOST,
-    EmbeddedUnavailable,
     accepts_tcp,
     end_process,
     free_port,
@@ -22,6 +21,7 @@ from usage_ingest.dev.embedded import (
     spawn_server,
     wait_until,
 )
+from usage_ingest.errors import EmbeddedUnavailable
 
 __all__ = ["EmbeddedBroker"]
 

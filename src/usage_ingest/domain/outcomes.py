@@ -17,6 +17,7 @@ from typing import Literal
 import msgspec
 
 from usage_ingest.domain.messages import OutcomeError, OutcomeWarning
+from usage_ingest.times import format_utc_millis
 
 Status = Literal["created", "duplicate", "rejected"]
 CREATED: Status = "created"
@@ -24,15 +25,10 @@ DUPLICATE: Status = "duplicate"
 REJECTED: Status = "rejected"
 
 
-def instant(moment: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds, as in SPEC.md §5's example."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @functools.lru_cache(maxsize=4096)
 def record_instant(timestamp_ms: int) -> str:
     """A record timestamp as RFC 3339; cached, as a batch's records share few milliseconds."""
-    return instant(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
+    return format_utc_millis(datetime.fromtimestamp(timestamp_ms / 1000, UTC))
 
 
 class Source(msgspec.Struct, frozen=True, gc=False):

@@ -47,7 +47,7 @@ from usage_ingest.domain.messages import (
     format_decimal,
 )
 from usage_ingest.errors import ErrorCode, WarningCode
-from usage_ingest.times import format_utc
+from usage_ingest.times import format_utc_micros
 
 # Longest externalReference echoed back when the record is otherwise unreadable.
 _MAX_ECHOED_REFERENCE = 1000
@@ -276,7 +276,7 @@ def _location_from_model(location: models.Location | None) -> Location | None:
 
 
 def _valid(event: UsageEvent, text: str, utc_dates: tuple[str, str] | None = None) -> ValidEvent:
-    """`utc_dates`: startDate and endDate as `format_utc` writes them, where known."""
+    """`utc_dates`: startDate and endDate as `format_utc_micros` writes them, where known."""
     event = apply_defaults(event)
     canonical = canonical_event(event, utc_dates)
     return ValidEvent(
@@ -386,9 +386,12 @@ class CanonicalEvent(msgspec.Struct, frozen=True, gc=False, rename="camel"):
 
 
 def canonical_event(event: UsageEvent, utc_dates: tuple[str, str] | None = None) -> CanonicalEvent:
-    """`utc_dates`: startDate and endDate as `format_utc` writes them, where known."""
+    """`utc_dates`: startDate and endDate as `format_utc_micros` writes them, where known."""
     quantities, properties = event.unit_quantities, event.properties
-    start, end = utc_dates or (format_utc(event.start_date), format_utc(event.end_date))
+    start, end = utc_dates or (
+        format_utc_micros(event.start_date),
+        format_utc_micros(event.end_date),
+    )
     return CanonicalEvent(
         event.contract_id,
         event.debtor_id if event.contract_id is None else None,

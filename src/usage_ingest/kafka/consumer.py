@@ -14,14 +14,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from usage_ingest.domain.records import InputRecord, Partition
-from usage_ingest.errors import BrokerUnavailable, UsageIngestError
+from usage_ingest.errors import BrokerUnavailable, CommitRefused
 from usage_ingest.kafka.connection import connection_options
 from usage_ingest.settings import Settings
-
-
-class CommitRefused(UsageIngestError):
-    """The group rebalanced before the commit: the new owner re-delivers the records."""
-
 
 RevokeCallback = Callable[[set[Partition]], Awaitable[None]]
 

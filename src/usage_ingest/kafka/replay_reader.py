@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from usage_ingest.domain.records import InputRecord, Partition
-from usage_ingest.errors import BrokerUnavailable, UsageIngestError
+from usage_ingest.errors import BrokerUnavailable, ReplayRefused
 from usage_ingest.kafka.connection import connection_options
 from usage_ingest.kafka.consumer import input_records
 from usage_ingest.settings import Settings
@@ -24,10 +24,6 @@ from usage_ingest.settings import Settings
 # A short long-poll: the log end of an empty partition is known after one fetch.
 _REPLAY_FETCH_WAIT_MS = 100
 _REPLAY_END_TIMEOUT_S = 15.0
-
-
-class ReplayRefused(UsageIngestError):
-    """The replay cannot read its source as asked (no such topic, partition or offset)."""
 
 
 class ReplayReader:

@@ -1,24 +1,14 @@
-"""What the worker tells operators: Prometheus metrics, health and readiness.
-
-Served on the metrics port (`--metrics-port`, default 9464) by a small HTTP
-server running in the worker's own event loop, so an answer from `/healthz`
-also proves the loop is not blocked:
-
-* `/metrics`: Prometheus text format;
-* `/healthz`: 200 while the process and its event loop are alive;
-* `/readyz`: 200 when the database and the broker answer, 503 otherwise.
+"""What the worker tells operators: its Prometheus metrics (served on `/metrics` by
+`worker.operations`), a progress line a minute, and its counts at shutdown.
 
 Metric names are prefixed `usage_ingest_` and documented in the README.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import structlog
 from prometheus_client import (
@@ -32,14 +22,14 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from usage_ingest.domain.outcomes import Status
+from usage_ingest.domain.records import Partition
+
 log = structlog.get_logger("usage_ingest.worker.metrics")
 
 # The `_created` series of counters and histograms double the output and no
 # dashboard or alert here uses them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
-
-Partition = tuple[str, int]
-ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -165,60 +155,46 @@ class WorkerMetrics:
         return generate_latest(self.registry)
 
 
-READINESS_INTERVAL_S = 10.0
+@dataclass(slots=True)
+class Counters:
+    """Outcomes since start, for the shutdown summary."""
+
+    batches: int = 0
+    records: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+    def add(self, by_status: dict[Status, int]) -> None:
+        for status, count in by_status.items():
+            self.records += count
+            self.by_status[status] = self.by_status.get(status, 0) + count
 
 
-async def watch_readiness(
-    metrics: WorkerMetrics, readiness: ReadinessCheck, interval_s: float = READINESS_INTERVAL_S
-) -> None:
-    """Keep `usage_ingest_worker_ready` current even when nobody asks /readyz."""
-    while True:
-        checks = await readiness()
-        metrics.ready.set(1 if all(checks.values()) else 0)
-        await asyncio.sleep(interval_s)
+class MinuteSummary:
+    """One info line a minute: throughput, outcomes and lag, for a glance at the logs."""
 
+    PERIOD_S = 60.0
 
-async def serve_operations(
-    host: str, port: int, metrics: WorkerMetrics, readiness: ReadinessCheck
-) -> asyncio.Server:
-    """Start the `/metrics`, `/healthz`, `/readyz` server in the running loop."""
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._by_status: dict[str, int] = {}
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (
-                b"\r\n",
-                b"\n",
-                b"",
-            ):
-                pass  # headers are not needed
-            method, _, rest = request_line.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            status, content_type, body = await _respond(method, path, metrics, readiness)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        writer.close()
+    def add(self, by_status: dict[Status, int]) -> None:
+        for status, count in by_status.items():
+            self._by_status[status] = self._by_status.get(status, 0) + count
 
-    return await asyncio.start_server(handle, host, port)
-
-
-async def _respond(
-    method: str, path: str, metrics: WorkerMetrics, readiness: ReadinessCheck
-) -> tuple[str, str, bytes]:
-    if method != "GET":
-        return "405 Method Not Allowed", "text/plain", b"only GET\n"
-    if path == "/metrics":
-        return "200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.exposition()
-    if path == "/healthz":
-        return "200 OK", "application/json", b'{"status":"ok"}\n'
-    if path == "/readyz":
-        checks = await readiness()
-        ready = all(checks.values())
-        metrics.ready.set(1 if ready else 0)
-        body = json.dumps({"ready": ready, "checks": checks}).encode() + b"\n"
-        return ("200 OK" if ready else "503 Service Unavailable"), "application/json", body
-    return "404 Not Found", "text/plain", b"not found\n"
+    def maybe_log(self, metrics: WorkerMetrics) -> None:
+        elapsed = time.monotonic() - self._started
+        if elapsed < self.PERIOD_S:
+            return
+        records = sum(self._by_status.values())
+        now_ms = int(time.time() * 1000)
+        log.info(
+            "worker_progress",
+            records=records,
+            per_second=round(records / elapsed, 1),
+            offset_lag=sum(p.offset_lag() or 0 for p in metrics.partitions.values()),
+            time_lag_s=max((p.time_lag_s(now_ms) for p in metrics.partitions.values()), default=0),
+            **self._by_status,
+        )
+        self._started = time.monotonic()
+        self._by_status = {}

@@ -26,148 +26,36 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 import structlog
 
+from usage_ingest.domain.dead_letters import dead_letter_record
 from usage_ingest.domain.messages import OutcomeError
-from usage_ingest.domain.outcomes import (
-    CREATED,
-    DUPLICATE,
-    REJECTED,
-    Status,
-    instant,
-    outcome_json,
-    source,
-)
+from usage_ingest.domain.outcomes import Status
 from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.domain.validation import (
     InvalidEvent,
     ValidEvent,
-    json_text,
-    unit_quantities_json,
     validate_record,
 )
-from usage_ingest.errors import DependencyUnavailable, ErrorCode, StoreRefusedData
-from usage_ingest.kafka.consumer import CommitRefused
+from usage_ingest.errors import BatchAbandoned, CommitRefused, ErrorCode, StoreRefusedData
 from usage_ingest.ports import ConsumerPort, ProducerPort, StorePort
 from usage_ingest.settings import Settings
-from usage_ingest.worker.metrics import WorkerMetrics
+from usage_ingest.times import format_utc_millis, utc_now
+from usage_ingest.worker.metrics import Counters, MinuteSummary, WorkerMetrics
+from usage_ingest.worker.outcomes import Verdict, outcome_record, usage_row
+from usage_ingest.worker.retry import Backoff, Failure, publish_acknowledged, retry
 
 log = structlog.get_logger("usage_ingest.worker.pipeline")
 T = TypeVar("T")
 
-# Dead-letter headers (SPEC.md §8). A header from an earlier failure is replaced.
-H_CODE = "usage-ingest.error.code"
-H_MESSAGE = "usage-ingest.error.message"
-H_RETRYABLE = "usage-ingest.error.retryable"
-H_TOPIC = "usage-ingest.source.topic"
-H_PARTITION = "usage-ingest.source.partition"
-H_OFFSET = "usage-ingest.source.offset"
-H_FAILED_AT = "usage-ingest.failed-at"
-H_REPLAY_COUNT = "usage-ingest.replay-count"
-DEAD_LETTER_HEADERS = frozenset(
-    {H_CODE, H_MESSAGE, H_RETRYABLE, H_TOPIC, H_PARTITION, H_OFFSET, H_FAILED_AT, H_REPLAY_COUNT}
-)
-_MAX_HEADER_MESSAGE = 1000
-
-
-@dataclass(slots=True)
-class Counters:
-    """Outcomes since start, for the shutdown summary."""
-
-    batches: int = 0
-    records: int = 0
-    by_status: dict[str, int] = field(default_factory=dict)
-
-    def add(self, by_status: dict[Status, int]) -> None:
-        for status, count in by_status.items():
-            self.records += count
-            self.by_status[status] = self.by_status.get(status, 0) + count
-
-
-class _MinuteSummary:
-    """One info line a minute: throughput, outcomes and lag, for a glance at the logs."""
-
-    PERIOD_S = 60.0
-
-    def __init__(self) -> None:
-        self._started = time.monotonic()
-        self._by_status: dict[str, int] = {}
-
-    def add(self, by_status: dict[Status, int]) -> None:
-        for status, count in by_status.items():
-            self._by_status[status] = self._by_status.get(status, 0) + count
-
-    def maybe_log(self, metrics: WorkerMetrics) -> None:
-        elapsed = time.monotonic() - self._started
-        if elapsed < self.PERIOD_S:
-            return
-        records = sum(self._by_status.values())
-        now_ms = int(time.time() * 1000)
-        log.info(
-            "worker_progress",
-            records=records,
-            per_second=round(records / elapsed, 1),
-            offset_lag=sum(p.offset_lag() or 0 for p in metrics.partitions.values()),
-            time_lag_s=max((p.time_lag_s(now_ms) for p in metrics.partitions.values()), default=0),
-            **self._by_status,
-        )
-        self._started = time.monotonic()
-        self._by_status = {}
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(slots=True)
-class Verdict:
-    """What the pipeline knows about one record while the batch is decided."""
-
-    record: InputRecord
-    checked: ValidEvent | InvalidEvent
-    resolution: Resolution | None = None
-    refusal: tuple[OutcomeError, ...] = ()
-    row: UsageRow | None = None
-    stored: StoredUsage | None = None
-
-    @property
-    def reference(self) -> str | None:
-        if isinstance(self.checked, ValidEvent):
-            return self.checked.event.external_reference
-        return self.checked.external_reference
-
-    @property
-    def errors(self) -> tuple[OutcomeError, ...]:
-        """Why the record is refused; empty once it is stored."""
-        if isinstance(self.checked, InvalidEvent):
-            return self.checked.errors
-        return self.refusal
-
-    @property
-    def status(self) -> Status:
-        if self.errors:
-            return REJECTED
-        stored, record = self.stored, self.record
-        assert stored is not None
-        same_source = (stored.source_topic, stored.source_partition, stored.source_offset) == (
-            record.topic,
-            record.partition,
-            record.offset,
-        )
-        return CREATED if same_source else DUPLICATE
-
-
-class BatchAbandoned(Exception):
-    """The batch will not commit: its records are fetched again."""
+_RETRY_JITTER = 0.2  # each wait of `retrying` is within 20% of its backoff, either side
 
 
 @dataclass(eq=False, slots=True)
@@ -209,8 +97,15 @@ class Pipeline:
         self._consumer = consumer
         self._producer = producer
         self._clock = clock
+        self._backoff = Backoff(
+            settings.retry_initial_backoff_s, settings.retry_max_backoff_s, jitter=_RETRY_JITTER
+        )
+        # Unacknowledged records are published again after the same backoff, without jitter.
+        self._publish_backoff = Backoff(
+            settings.retry_initial_backoff_s, settings.retry_max_backoff_s
+        )
         self.metrics = metrics or WorkerMetrics()
-        self._summary = _MinuteSummary()
+        self._summary = MinuteSummary()
         self._in_flight: list[_Batch] = []
         self._grace_ends: float | None = None  # set once stopping
         self.counters = Counters()
@@ -321,27 +216,21 @@ class Pipeline:
         self, what: str, action: Callable[[], Awaitable[T]], stop: asyncio.Event | None = None
     ) -> T:
         """Run `action`, retrying dependency failures with capped exponential backoff."""
-        delay = self._settings.retry_initial_backoff_s
-        attempt = 0
-        while True:
-            try:
-                return await action()
-            except DependencyUnavailable as exc:
-                attempt += 1
-                if stop is not None and stop.is_set():
-                    raise
-                self.metrics.retries.labels(what).inc()
-                log.warning(
-                    "dependency_unavailable",
-                    action=what,
-                    attempt=attempt,
-                    error=str(exc),
-                    retry_in_s=round(delay, 2),
-                )
-                started = time.monotonic()
-                await _sleep_unless_stopped(delay * random.uniform(0.8, 1.2), stop)  # noqa: S311
-                self.metrics.waiting.labels(what).inc(time.monotonic() - started)
-                delay = min(delay * 2, self._settings.retry_max_backoff_s)
+
+        def report(failure: Failure) -> None:
+            self.metrics.retries.labels(what).inc()
+            log.warning(
+                "dependency_unavailable",
+                action=what,
+                attempt=failure.attempt,
+                error=str(failure.error),
+                retry_in_s=round(failure.retry_in_s, 2),
+            )
+
+        def waited(seconds: float) -> None:
+            self.metrics.waiting.labels(what).inc(seconds)
+
+        return await retry(action, self._backoff, report, stop=stop, on_waited=waited)
 
     # --- one batch -----------------------------------------------------------
 
@@ -378,12 +267,15 @@ class Pipeline:
         if valid:
             await self._resolve(valid)
             await self._store_resolved(valid)
-        now = instant(self._clock())
-        outgoing = [self._outcome_record(v, now) for v in verdicts]
+        now = format_utc_millis(self._clock())
+        settings = self._settings
+        outgoing = [outcome_record(v, now, settings) for v in verdicts]
         for verdict in verdicts:
             if verdict.errors:
                 _log_rejection(verdict)
-                outgoing.append(self._dead_letter(verdict, now))
+                outgoing.append(
+                    dead_letter_record(verdict.record, verdict.errors, settings.topic_dlq, now)
+                )
         return verdicts, outgoing
 
     def _validate(self, record: InputRecord) -> ValidEvent | InvalidEvent:
@@ -482,16 +374,9 @@ class Pipeline:
 
     async def _publish(self, outgoing: list[OutputRecord]) -> None:
         """Step 3: every outcome and dead letter acknowledged; retry only what failed."""
-        pending = outgoing
-        delay = self._settings.retry_initial_backoff_s
-        while pending:
-            pending = await self._producer.publish(pending)
-            if pending:
-                log.warning(
-                    "publish_incomplete", unacknowledged=len(pending), retry_in_s=round(delay, 2)
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.retry_max_backoff_s)
+        await publish_acknowledged(
+            self._producer, outgoing, self._publish_backoff, _publish_incomplete
+        )
 
     # --- what operators see ------------------------------------------------------
 
@@ -536,71 +421,6 @@ class Pipeline:
         self._summary.add(by_status)
         return by_status
 
-    # --- messages ------------------------------------------------------------
-
-    def _outcome_record(self, verdict: Verdict, processed_at: str) -> OutputRecord:
-        """The outcome message (§5), keyed by the externalReference (or, when none
-        could be read, by the input key) on the accepted or rejected topic."""
-        record, checked, resolution = verdict.record, verdict.checked, verdict.resolution
-        status, errors, reference = verdict.status, verdict.errors, verdict.reference
-        where = source(record.topic, record.partition, record.offset, record.timestamp_ms)
-        if not isinstance(checked, ValidEvent):
-            value = outcome_json(status, reference, where, processed_at, errors=errors)
-        elif resolution is None:
-            event = checked.event
-            value = outcome_json(
-                status,
-                reference,
-                where,
-                processed_at,
-                contract_id=event.contract_id,
-                debtor_id=event.debtor_id if event.contract_id is None else None,
-                product_ident=event.product_ident,
-                errors=errors,
-                warnings=checked.warnings,
-            )
-        else:
-            contract, inventory = resolution.contract, resolution.inventory
-            stored = verdict.stored
-            value = outcome_json(
-                status,
-                reference,
-                where,
-                processed_at,
-                usage_id=None if stored is None or errors else stored.usage_id,
-                contract_id=contract.id,
-                debtor_id=contract.debtor_id,
-                inventory_id=inventory.id,
-                product_ident=checked.event.product_ident,
-                billable=None if errors else inventory.billable,
-                errors=errors,
-                warnings=checked.warnings,
-            )
-        if status == REJECTED:
-            key = reference.encode() if reference else record.key
-            return OutputRecord(self._settings.topic_rejected, key, value)
-        assert reference is not None
-        return OutputRecord(self._settings.topic_accepted, reference.encode(), value)
-
-    def _dead_letter(self, verdict: Verdict, failed_at: str) -> OutputRecord:
-        """The refused record itself, unchanged, with the headers of §8."""
-        record = verdict.record
-        errors = verdict.errors
-        kept = tuple((k, v) for k, v in record.headers if k not in DEAD_LETTER_HEADERS)
-        message = "; ".join(f"{e.field}: {e.message}" if e.field else e.message for e in errors)
-        ours = (
-            (H_CODE, errors[0].code.value),
-            (H_MESSAGE, message[:_MAX_HEADER_MESSAGE]),
-            (H_RETRYABLE, "true" if all(e.code.retryable for e in errors) else "false"),
-            (H_TOPIC, record.topic),
-            (H_PARTITION, str(record.partition)),
-            (H_OFFSET, str(record.offset)),
-            (H_FAILED_AT, failed_at),
-            (H_REPLAY_COUNT, str(replay_count(record.headers))),
-        )
-        headers = kept + tuple((k, v.encode()) for k, v in ours)
-        return OutputRecord(self._settings.topic_dlq, record.key, record.value, headers)
-
 
 def _resolve_one(verdict: Verdict, snapshot: ReferenceSnapshot) -> None:
     checked = verdict.checked
@@ -608,9 +428,15 @@ def _resolve_one(verdict: Verdict, snapshot: ReferenceSnapshot) -> None:
     result = resolve(checked.event, checked.usage_date, snapshot)
     if isinstance(result, Resolution):
         verdict.resolution = result
-        verdict.row = _usage_row(verdict.record, checked, result)
+        verdict.row = usage_row(verdict.record, checked, result)
     else:
         verdict.refusal = (result,)
+
+
+def _publish_incomplete(unacknowledged: int, retry_in_s: float) -> None:
+    log.warning(
+        "publish_incomplete", unacknowledged=unacknowledged, retry_in_s=round(retry_in_s, 2)
+    )
 
 
 def _log_rejection(verdict: Verdict) -> None:
@@ -626,26 +452,6 @@ def _log_rejection(verdict: Verdict) -> None:
     )
 
 
-async def _sleep_unless_stopped(seconds: float, stop: asyncio.Event | None) -> None:
-    """Back off (with jitter, not for security); wake early when stopping."""
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-def replay_count(headers: Iterable[tuple[str, bytes]]) -> int:
-    """The replay count a record carries; 0 for a first failure (§8)."""
-    for key, value in headers:
-        if key == H_REPLAY_COUNT:
-            try:
-                return max(int(value.decode()), 0)
-            except (UnicodeDecodeError, ValueError):
-                return 0
-    return 0
-
-
 def next_offsets(records: Iterable[InputRecord]) -> dict[Partition, int]:
     """Per partition, the offset after the last record of the batch."""
     offsets: dict[Partition, int] = {}
@@ -657,30 +463,3 @@ def next_offsets(records: Iterable[InputRecord]) -> dict[Partition, int]:
 
 def _partitions(records: Iterable[InputRecord]) -> set[Partition]:
     return {(r.topic, r.partition) for r in records}
-
-
-def _usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution) -> UsageRow:
-    event, canonical = checked.event, checked.canonical
-    return UsageRow(
-        external_reference=event.external_reference,
-        contract_id=resolution.contract.id,
-        debtor_id=resolution.contract.debtor_id,
-        inventory_id=resolution.inventory.id,
-        product_item_id=resolution.product.id,
-        product_ident=event.product_ident,
-        description=event.description,
-        start_date=canonical.start_date,
-        end_date=canonical.end_date,
-        operating_site=event.operating_site,
-        tax_location=json_text(event.tax_location),
-        performance_location=json_text(event.performance_location),
-        service_country=event.service_country,
-        unit_quantities=unit_quantities_json(event),
-        properties=json_text(event.properties),
-        billable=resolution.inventory.billable,
-        payload_hash=checked.payload_hash,
-        raw_payload=checked.raw,
-        source_topic=record.topic,
-        source_partition=record.partition,
-        source_offset=record.offset,
-    )

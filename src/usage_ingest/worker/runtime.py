@@ -19,13 +19,14 @@ from usage_ingest.kafka.consumer import EventConsumer
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import ENV_PREFIX, Settings
 from usage_ingest.store.store import Store, open_store
-from usage_ingest.worker.metrics import (
+from usage_ingest.worker.metrics import Counters, WorkerMetrics
+from usage_ingest.worker.operations import (
+    OperationsServer,
     ReadinessCheck,
-    WorkerMetrics,
     serve_operations,
     watch_readiness,
 )
-from usage_ingest.worker.pipeline import Counters, Pipeline
+from usage_ingest.worker.pipeline import Pipeline
 
 GC_THRESHOLDS = (50_000, 20, 100)
 log = structlog.get_logger("usage_ingest.worker")
@@ -35,7 +36,7 @@ READINESS_TIMEOUT_S = 2.0
 
 async def _serve_operations(
     settings: Settings, metrics: WorkerMetrics, readiness: ReadinessCheck
-) -> asyncio.Server | None:
+) -> OperationsServer | None:
     """The /metrics, /healthz and /readyz server, unless the metrics port is 0."""
     if settings.metrics_port == 0:
         return None
@@ -103,7 +104,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
         database, broker = await asyncio.gather(_database_answers(store), broker_answers(settings))
         return {"group": consumer.in_group, "database": database, "broker": broker}
 
-    operations: asyncio.Server | None = None
+    operations: OperationsServer | None = None
     watcher = asyncio.create_task(watch_readiness(metrics, readiness))
     metrics.up.set(1)
     try:

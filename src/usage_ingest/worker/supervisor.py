@@ -43,9 +43,15 @@ import structlog
 from pydantic import SecretStr
 from pydantic_core import to_jsonable_python
 
-from usage_ingest.dev.embedded import parent_death_hook
-from usage_ingest.errors import ConfigurationError, ExitCode, UsageIngestError
+from usage_ingest.errors import (
+    ChildRefused,
+    ConfigurationError,
+    CrashLoop,
+    ExitCode,
+    UsageIngestError,
+)
 from usage_ingest.settings import ENV_PREFIX, MAX_PORT, Settings
+from usage_ingest.worker.parent_death import parent_death_hook
 
 log = structlog.get_logger("usage_ingest.worker.supervisor")
 
@@ -63,14 +69,6 @@ __all__ = [
 
 # How long after a child's own shutdown grace the supervisor waits before killing it.
 DRAIN_MARGIN_S: Final = 15.0
-
-
-class CrashLoop(UsageIngestError):
-    """A worker process kept crashing; every worker process was stopped."""
-
-
-class ChildRefused(ConfigurationError):
-    """A worker process was refused by its settings or setup; every one was stopped."""
 
 
 def worker_command() -> list[str]:
