@@ -44,7 +44,7 @@ async def readyz(settings: SettingsDep, store: StoreDep) -> JSONResponse:
         problems.append(
             ApiErrorItem(
                 code=ApiErrorCode.BROKER_UNAVAILABLE,
-                message="no bootstrap server accepts connections",
+                message="no bootstrap server answers",
             )
         )
     checks = {"database": database, "broker": broker}
