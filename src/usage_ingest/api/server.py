@@ -2,9 +2,7 @@
 migrations, and serves the app with uvicorn until told to stop."""
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Generator
 
 import structlog
 import uvicorn
@@ -12,39 +10,27 @@ import uvicorn
 from usage_ingest.api.app import create_app
 from usage_ingest.api.publisher import OnDemandProducer
 from usage_ingest.errors import ConfigurationError, StoreUnavailable
+from usage_ingest.serving import QuietServer, listen
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
 
 log = structlog.get_logger("usage_ingest.api")
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        """Signals are the command's (`with_stop_signals`): it sets `should_exit`."""
-        yield
-
-
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int) -> list[socket.socket]:
     """Bind first, so that a taken port is one clear line, not a server log."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, protocol, _, address = infos[0]
-        sock = socket.socket(family, kind, protocol)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        return listen(host, port)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot listen on {host}:{port} (USAGE_INGEST_API_HOST/PORT, --host/--port): "
             f"{exc.strerror or exc}"
         ) from exc
-    sock.set_inheritable(True)
-    return sock
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the API until `stop` is set; then finish the requests in flight and close."""
-    sock = _listen(settings.api_host, settings.api_port)
+    sockets = _listen(settings.api_host, settings.api_port)
     store = await open_store(settings, statement_budget_s=settings.api_statement_budget_s)
     producer = OnDemandProducer(settings)
     try:
@@ -59,7 +45,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                     "run `usage-ingest migrate` first"
                 )
         app = create_app(settings, store, producer)
-        server = _Server(
+        server = QuietServer(
             uvicorn.Config(
                 app,
                 lifespan="off",
@@ -75,15 +61,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             server.should_exit = True
 
         watcher = asyncio.create_task(stop_when_told())
-        host, port = sock.getsockname()[:2]
+        host, port = sockets[0].getsockname()[:2]
         log.info("api_started", url=f"http://{host}:{port}", topic=settings.topic_events)
         try:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=sockets)
         finally:
             watcher.cancel()
         log.info("api_stopped")
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         try:
             # A record the broker never acknowledged was answered 503: nothing to wait for.
             await asyncio.wait_for(producer.stop(), settings.api_publish_timeout_s)

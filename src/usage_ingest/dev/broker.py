@@ -9,11 +9,10 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from usage_ingest.dev.embedded import (
     LOCALHOST,
+    EmbeddedServer,
     accepts_tcp,
     end_process,
     free_port,
@@ -41,7 +40,7 @@ def _tansu_binary() -> str:
     return binary
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(EmbeddedServer):
     """The `tansu` Kafka-compatible broker with in-memory storage, on 127.0.0.1."""
 
     def __init__(
@@ -108,15 +107,3 @@ class EmbeddedBroker:
         """SIGKILL: an abrupt broker outage."""
         end_process(self._proc, signal.SIGKILL, 0)
         self._proc = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from types import TracebackType
+from typing import Final, Self
 
 from usage_ingest.errors import EmbeddedUnavailable
 from usage_ingest.worker.parent_death import parent_death_hook
@@ -30,6 +31,7 @@ __all__ = [
     "LOCALHOST",
     "LOG_TAIL_LINES",
     "POLL_INTERVAL_S",
+    "EmbeddedServer",
     "accepts_tcp",
     "end_process",
     "free_port",
@@ -43,6 +45,28 @@ LOCALHOST: Final = "127.0.0.1"
 POLL_INTERVAL_S: Final = 0.05
 LOG_TAIL_LINES: Final = 20
 _CONNECT_TIMEOUT_S: Final = 0.5
+
+
+class EmbeddedServer:
+    """A server of its own process: `with` starts it and stops it however the block ends."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def free_port() -> int:

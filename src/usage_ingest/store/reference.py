@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
-from usage_ingest.domain.reference import InventoryIn, ProductItemIn, ReferenceFile
+from usage_ingest.domain.reference import ContractIn, InventoryIn, ProductItemIn, ReferenceFile
 from usage_ingest.domain.resolution import (
     Contract,
     Inventory,
@@ -101,17 +101,7 @@ class ReferenceStore(PooledStore):
                     counts.count("productItems", await _upsert_product_item(conn, item))
             for index, contract in enumerate(data.contracts):
                 async with _located(f"contracts.{index}"):
-                    counts.count(
-                        "contracts",
-                        await conn.fetchrow(
-                            QUERIES["upsert_contract"],
-                            contract.id,
-                            contract.debtor_id,
-                            contract.site_id,
-                            contract.start_date,
-                            contract.end_date,
-                        ),
-                    )
+                    counts.count("contracts", await upsert_contract(conn, contract))
             inventory_ids = []
             for index, inventory in enumerate(data.usage_product_inventories):
                 async with _located(f"usageProductInventories.{index}"):
@@ -119,6 +109,18 @@ class ReferenceStore(PooledStore):
                     inventory_ids.append(inventory_id)
             await _refuse_overlaps(conn, inventory_ids)
         return counts
+
+
+async def upsert_contract(conn: Connection, contract: ContractIn) -> asyncpg.Record | None:
+    """Insert or replace one contract (the reference load and `PUT /contracts/{id}`)."""
+    return await conn.fetchrow(
+        QUERIES["upsert_contract"],
+        contract.id,
+        contract.debtor_id,
+        contract.site_id,
+        contract.start_date,
+        contract.end_date,
+    )
 
 
 async def _upsert_product_item(conn: Connection, item: ProductItemIn) -> asyncpg.Record | None:

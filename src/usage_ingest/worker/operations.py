@@ -15,10 +15,9 @@ thread). The worker keeps its own signal handlers, and uvicorn logs no line per 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from usage_ingest.serving import QuietServer, listen
 from usage_ingest.worker.metrics import WorkerMetrics
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -117,36 +117,6 @@ def operations_app(metrics: WorkerMetrics, readiness: ReadinessCheck) -> Starlet
 # --- serving it --------------------------------------------------------------------
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Signals are the worker's own: it closes this server when it stops."""
-        yield
-
-
-def _listen(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets on every address of `host`, bound as `asyncio.start_server`
-    binds them, before the server starts: a taken port is an OSError here, not a
-    server that exits."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, protocol, _, address in dict.fromkeys(infos):  # each address once
-            sock = socket.socket(family, kind, protocol)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # IPv4 has a socket of its own
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            # Connections made before the server task first runs wait in the backlog.
-            sock.listen()
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
 class OperationsServer:
     """The server running in the worker's loop; `close` and `wait_closed` as on an
     `asyncio.Server`."""
@@ -172,7 +142,7 @@ async def serve_operations(
     host: str, port: int, metrics: WorkerMetrics, readiness: ReadinessCheck
 ) -> OperationsServer:
     """Start the `/metrics`, `/healthz`, `/readyz` server in the running loop."""
-    sockets = _listen(host, port)
+    sockets = listen(host, port)
     config = uvicorn.Config(
         operations_app(metrics, readiness),
         lifespan="off",
@@ -183,4 +153,4 @@ async def serve_operations(
         date_header=False,
         timeout_graceful_shutdown=_CLOSE_TIMEOUT_S,
     )
-    return OperationsServer(_Server(config), sockets)
+    return OperationsServer(QuietServer(config), sockets)
