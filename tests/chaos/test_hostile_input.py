@@ -1,7 +1,7 @@
 """Scenario 5, hostile input: property-based malformed and adversarial records
-(`hostile.py`), first straight at the validator and the pipeline's decision step
-(thousands of cases, no servers), then through a running worker (hundreds, twice
-over, mixed with valid events).
+(`tests/support/strategies.py`), first straight at the validator and the pipeline's
+decision step (thousands of cases, no servers), then through a running worker
+(hundreds, twice over, mixed with valid events).
 
 The promises: every record gets exactly one verdict and one outcome, the outcome
 and the dead letter can always be written, nothing invalid is stored, a poison
@@ -28,10 +28,10 @@ from hypothesis import given
 from tests.chaos.checker import Verdict, check
 from tests.chaos.figures import record
 from tests.chaos.harness import Chaos, unique
-from tests.chaos.hostile import draw_many, hostile_records, hypothesis_settings
 from tests.support.broker import wait_committed
 from tests.support.events import Outgoing, log_end, produce, sequence, usage_event
 from tests.support.settings import INPUT_PARTITIONS
+from tests.support.strategies import draw_many, hostile_records, hypothesis_settings
 from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
 from usage_ingest.domain.messages import IDENT_PATTERN
 from usage_ingest.domain.records import InputRecord, StoredUsage, UsageRow

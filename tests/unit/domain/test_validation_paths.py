@@ -11,8 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.chaos.hostile import hostile_records, hypothesis_settings, numbers_anywhere
-from tests.unit.test_canonical_hash import valid_events
+from tests.support.strategies import (
+    hostile_records,
+    hypothesis_settings,
+    numbers_anywhere,
+    valid_events,
+)
 from usage_ingest.domain import validation
 from usage_ingest.domain.validation import InvalidEvent, ValidEvent
 

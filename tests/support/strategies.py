@@ -1,17 +1,22 @@
-"""Hypothesis strategies for malformed and adversarial usage events (scenario 5).
+"""Hypothesis strategies for usage events, shared by the unit and chaos suites.
 
-Each strategy yields the raw bytes of an input record value: not only wrong JSON,
+Malformed and adversarial events (the chaos suite's scenario 5, and validation's unit
+tests): each strategy yields the raw bytes of an input record value: not only wrong JSON,
 but JSON that is wrong in every way a careless or hostile producer could manage:
 invalid UTF-8, nesting deep enough to exhaust a recursive parser, numbers and
 strings far beyond any limit, NaN and Infinity, duplicate keys, NUL characters
 and lone surrogates, text that looks like SQL or a template, references that look
 right but are made of confusable Unicode, and a wrong type at every field.
+
+Valid events (`valid_events`): JSON objects that pass validation, every optional field
+drawn or left out, each date in an offset of its own.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -351,3 +356,63 @@ def hypothesis_settings(examples: int) -> Callable[[Callable[..., None]], Callab
         deadline=None,
         suppress_health_check=HEALTH,
     )
+
+
+# --- valid events, spelled in every way that means the same usage --------------------
+
+idents = st.from_regex(r"\A[a-zA-Z0-9_.~-]{1,20}\Z")
+texts = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30
+)
+offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+# hypothesis bounds are naive; the drawn instants are aware (UTC).
+instants = st.datetimes(
+    min_value=datetime(2000, 1, 1),  # noqa: DTZ001
+    max_value=datetime(2090, 1, 1),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
+quantity_values = st.decimals(
+    min_value=0, max_value=10**12, places=6, allow_nan=False, allow_infinity=False
+)
+locations = st.fixed_dictionaries(
+    {}, optional={"country": st.sampled_from(["GB", "DE", "FRA", "USA"]), "city": texts}
+)
+
+
+@st.composite
+def valid_events(draw: st.DrawFn) -> dict[str, Any]:
+    start = draw(instants)
+    end = start + draw(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=40)))
+    units = draw(st.lists(idents, max_size=4, unique=True))
+    names = draw(st.lists(texts.filter(bool), max_size=4, unique=True))
+    obj: dict[str, Any] = {
+        "externalReference": draw(idents),
+        "productIdent": draw(idents),
+        "startDate": start.astimezone(draw(offsets)).isoformat(),
+        "endDate": end.astimezone(draw(offsets)).isoformat(),
+        "unitQuantities": [
+            {"unit": unit, "quantity": draw(st.sampled_from([str, float]))(draw(quantity_values))}
+            for unit in units
+        ],
+        "properties": [{"name": name, "value": draw(texts)} for name in names],
+    }
+    if draw(st.booleans()):
+        obj["contractId"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
+        if draw(st.booleans()):
+            obj["debtorId"] = draw(st.integers(min_value=1, max_value=10**6))
+    else:
+        obj["debtorId"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
+    optional = {
+        "description": texts,
+        "operatingSite": texts,
+        "taxLocation": locations,
+        "performanceLocation": locations,
+        "serviceCountry": st.sampled_from(["GB", "DEU"]),
+        "unknownField": st.integers(),
+    }
+    for name, strategy in optional.items():
+        if draw(st.booleans()):
+            obj[name] = draw(strategy)
+    return obj

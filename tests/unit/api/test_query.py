@@ -9,11 +9,11 @@ from datetime import date
 from typing import Any
 
 import pytest
-from pydantic import TypeAdapter
 
+from tests.support.api_query import OPERATIONS, RECORD, query
 from usage_ingest.api.errors import ApiError, ApiErrorItem
-from usage_ingest.api.patch import PatchOperation, apply_patch
-from usage_ingest.api.query import parse_filter, parse_list_query, parse_sort
+from usage_ingest.api.patch import apply_patch
+from usage_ingest.api.query import parse_filter, parse_sort
 from usage_ingest.store.inventories import (
     FilterOp,
     InventoryFilter,
@@ -22,12 +22,6 @@ from usage_ingest.store.inventories import (
 )
 
 HOSTILE = "x'); DROP TABLE usages; --"
-
-
-def query(names: list[str], **values: Any) -> tuple[InventoryListQuery, Any]:
-    defaults: dict[str, Any] = {"page": 1, "page_size": 10, "sort": None, "fields": None}
-    filters = values.pop("filters", {})
-    return parse_list_query(names, **{**defaults, **values}, filters=filters)
 
 
 def test_sort_keys_and_directions() -> None:
@@ -140,42 +134,6 @@ def test_list_sql_refuses_what_is_not_whitelisted(bad: InventoryListQuery) -> No
 
 
 # --- JSON Patch ------------------------------------------------------------------------
-
-RECORD: dict[str, Any] = {
-    "id": 7,
-    "siteId": 1,
-    "usageProductId": 2,
-    "startDate": "2026-01-01",
-    "endDate": None,
-    "supplierAccountId": None,
-    "billByServiceId": None,
-    "serviceId": "SVC",
-    "billable": True,
-    "inFlightOrder": None,
-    "externalOrderReference": None,
-    "externalNetworkOrderReference": None,
-    "pendingEndDate": None,
-    "usageCapEnabled": None,
-    "defaultUsageCap": None,
-    "overrideUsageCap": None,
-    "applySurcharges": None,
-    "productReferences": [
-        {
-            "id": 70,
-            "productReference": "441",
-            "primary": True,
-            "label": None,
-            "startDate": None,
-            "endDate": None,
-            "userId": None,
-            "userEmail": None,
-            "costCentreCode": None,
-            "departmentCode": None,
-            "notes": None,
-        }
-    ],
-}
-OPERATIONS = TypeAdapter(list[PatchOperation])
 
 
 def patched(operations: list[dict[str, Any]]) -> Any:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.chaos.hostile import hypothesis_settings, numbers_anywhere
+from tests.support.strategies import hypothesis_settings, numbers_anywhere
 from usage_ingest.domain.events import Location
 from usage_ingest.domain.validation import (
     MAX_NESTING,

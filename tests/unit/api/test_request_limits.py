@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_api_query import OPERATIONS, RECORD, query
+from tests.support.api_query import OPERATIONS, RECORD, query
 from usage_ingest.api import patch as json_patch
 from usage_ingest.api.errors import ApiError
 from usage_ingest.api.limits import (

@@ -14,8 +14,8 @@ import pytest
 from usage_ingest.domain.messages import Outcome, UsageEvent
 from usage_ingest.domain.reference import ReferenceFile
 
-SCHEMAS_DIR = Path(__file__).parents[2] / "schemas"
-DEMO_REFERENCE = Path(__file__).parents[2] / "src" / "usage_ingest" / "dev" / "demo_reference.json"
+SCHEMAS_DIR = Path(__file__).parents[3] / "schemas"
+DEMO_REFERENCE = Path(__file__).parents[3] / "src" / "usage_ingest" / "dev" / "demo_reference.json"
 EXPECTED = {
     "usage-event.schema.json": UsageEvent,
     "outcome.schema.json": Outcome,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 import string
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.strategies import offsets, valid_events
 from usage_ingest.domain.messages import format_decimal
 from usage_ingest.domain.validation import (
     ValidEvent,
@@ -279,63 +280,6 @@ def test_canonical_quantities_are_exact_decimals_never_floats() -> None:
 
 
 # --- property: re-serialising a valid event never changes its hash ---------------------
-
-idents = st.from_regex(r"\A[a-zA-Z0-9_.~-]{1,20}\Z")
-texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30
-)
-offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
-    lambda minutes: timezone(timedelta(minutes=minutes))
-)
-# hypothesis bounds are naive; the drawn instants are aware (UTC).
-instants = st.datetimes(
-    min_value=datetime(2000, 1, 1),  # noqa: DTZ001
-    max_value=datetime(2090, 1, 1),  # noqa: DTZ001
-    timezones=st.just(UTC),
-)
-quantity_values = st.decimals(
-    min_value=0, max_value=10**12, places=6, allow_nan=False, allow_infinity=False
-)
-locations = st.fixed_dictionaries(
-    {}, optional={"country": st.sampled_from(["GB", "DE", "FRA", "USA"]), "city": texts}
-)
-
-
-@st.composite
-def valid_events(draw: st.DrawFn) -> dict[str, Any]:
-    start = draw(instants)
-    end = start + draw(st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=40)))
-    units = draw(st.lists(idents, max_size=4, unique=True))
-    names = draw(st.lists(texts.filter(bool), max_size=4, unique=True))
-    obj: dict[str, Any] = {
-        "externalReference": draw(idents),
-        "productIdent": draw(idents),
-        "startDate": start.astimezone(draw(offsets)).isoformat(),
-        "endDate": end.astimezone(draw(offsets)).isoformat(),
-        "unitQuantities": [
-            {"unit": unit, "quantity": draw(st.sampled_from([str, float]))(draw(quantity_values))}
-            for unit in units
-        ],
-        "properties": [{"name": name, "value": draw(texts)} for name in names],
-    }
-    if draw(st.booleans()):
-        obj["contractId"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
-        if draw(st.booleans()):
-            obj["debtorId"] = draw(st.integers(min_value=1, max_value=10**6))
-    else:
-        obj["debtorId"] = draw(st.integers(min_value=1, max_value=2**63 - 1))
-    optional = {
-        "description": texts,
-        "operatingSite": texts,
-        "taxLocation": locations,
-        "performanceLocation": locations,
-        "serviceCountry": st.sampled_from(["GB", "DEU"]),
-        "unknownField": st.integers(),
-    }
-    for name, strategy in optional.items():
-        if draw(st.booleans()):
-            obj[name] = draw(strategy)
-    return obj
 
 
 def shuffled(value: Any, rng: random.Random) -> Any:

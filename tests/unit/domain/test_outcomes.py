@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.unit.test_pipeline import event, make_pipeline, record, run_until_drained
+from tests.support.fakes import event, make_pipeline, record, run_until_drained
 from usage_ingest.domain.messages import Outcome
 
 RECORDS = [
