@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import hypothesis
 import pytest
 import schemathesis
@@ -78,10 +79,35 @@ async def served(kafka_bootstrap: str, postgres_admin_url: str) -> AsyncIterator
             )
     finally:
         await store.close()
+    await _refusals(settings.database_url.get_secret_value())
     server = await ApiProcess(cli_env(settings)).start()
     yield Served(server.base_url, key)
     assert await server.stop() == 0
     assert b"api_request_failed" not in server.stderr, server.stderr.decode()[-3000:]
+
+
+async def _refusals(database_url: str) -> None:
+    """Refusals for GET /usage-rejections to list, one resolved by a usage."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO usage_rejections (external_reference, errors, codes, retryable,"
+            " source_topic, source_partition, source_offset, source_timestamp, failed_at)"
+            " VALUES ('ref-1', $1::jsonb, '{NO_INVENTORY}', true, 'usage.events', 0, 1, now(),"
+            " now()), (NULL, $2::jsonb, '{MALFORMED_MESSAGE}', false, 'usage.events', 0, 2,"
+            " NULL, now())",
+            '[{"code": "NO_INVENTORY", "field": "productIdent", "message": "none"}]',
+            '[{"code": "MALFORMED_MESSAGE", "field": null, "message": "not JSON"}]',
+        )
+        await conn.execute(
+            "INSERT INTO usages (external_reference, contract_id, debtor_id, inventory_id,"
+            " product_item_id, product_ident, start_date, end_date, billable, payload_hash,"
+            " raw_payload, source_topic, source_partition, source_offset)"
+            " VALUES ('ref-1', 1, 1, 1, 1, 'voice.uk', now(), now(), true, 'h', '{}',"
+            " 'usage.events', 0, 3)"
+        )
+    finally:
+        await conn.close()
 
 
 def exchanges(served: Served, operation: Any, mode: GenerationMode, tried: set[str]) -> Any:
@@ -111,7 +137,7 @@ def exchanges(served: Served, operation: Any, mode: GenerationMode, tried: set[s
 def test_no_5xx_and_every_response_matches_the_openapi_document(served: Served) -> None:
     schema = schemathesis.openapi.from_url(f"{served.base_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 11
+    assert len(operations) == 12
     tried: set[str] = set()
     for operation in operations:
         takes_input = any(operation.definition.raw.get(k) for k in ("parameters", "requestBody"))

@@ -12,6 +12,7 @@ from usage_ingest.store.inventories import InventoryStore
 from usage_ingest.store.migrations import MigrationStore
 from usage_ingest.store.product_items import ProductItemStore
 from usage_ingest.store.reference import ReferenceStore
+from usage_ingest.store.rejection_list import RejectionListStore
 from usage_ingest.store.usages import UsageStore
 
 
@@ -23,6 +24,7 @@ class Store(
     ProductItemStore,
     ContractStore,
     ApiKeyStore,
+    RejectionListStore,
 ):
     """Usages and reference data in Postgres.
 

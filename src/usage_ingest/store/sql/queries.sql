@@ -402,3 +402,28 @@ SELECT to_regclass('schema_migrations') IS NOT NULL;
 
 -- name: applied_migrations
 SELECT coalesce(array_agg(version), '{}') FROM schema_migrations;
+
+-- name: list_usage_rejection_ids
+-- One page of refusal ids and the number of matching refusals, in one snapshot.
+-- A template: Store.list_rejections replaces the two markers below with SQL built
+-- from whitelisted column names only; every value is a bound parameter ($3 on).
+-- $1 limit, $2 offset. `u` is the usage now stored under the refusal's reference.
+WITH matched AS (
+    SELECT j.id, j.external_reference, j.retryable, j.failed_at, j.replay_count,
+           u.id AS resolved_by
+    FROM usage_rejections j
+    LEFT JOIN usages u ON u.external_reference = j.external_reference
+    WHERE true /*where*/
+)
+SELECT
+    (SELECT count(*) FROM matched) AS total,
+    ARRAY(SELECT id FROM matched ORDER BY /*order by*/ LIMIT $1 OFFSET $2) AS ids;
+
+-- name: fetch_usage_rejections
+-- Refusals by id, each with the id of the usage now stored under its reference (or NULL).
+SELECT j.id, j.external_reference, j.errors::text AS errors, j.retryable,
+       j.source_topic, j.source_partition, j.source_offset, j.source_timestamp,
+       j.failed_at, j.replay_count, u.id AS resolved_by
+FROM usage_rejections j
+LEFT JOIN usages u ON u.external_reference = j.external_reference
+WHERE j.id = ANY($1::bigint[]);
