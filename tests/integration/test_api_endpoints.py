@@ -73,6 +73,7 @@ OPERATIONS: list[tuple[str, str, Permission, dict[str, Any]]] = [
     ("POST", "/usages", Permission.USAGE_CREATE, {"json": {}}),
     ("GET", "/usages/nothing-here", Permission.USAGE_READ, {}),
     ("GET", "/usage-rejections?page=1&pageSize=1", Permission.USAGE_READ, {}),
+    ("GET", "/usages?page=1&pageSize=1", Permission.USAGE_READ, {}),
 ]
 OPERATION_IDS = [f"{method} {path.partition('?')[0]}" for method, path, _, _ in OPERATIONS]
 

@@ -36,7 +36,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def openapi_document(app: FastAPI) -> dict[str, Any]:
     """FastAPI's document, plus what it cannot infer: the usage event body (validated
-    by the worker's own rules, not by FastAPI), the list's projected records, and no
+    by the worker's own rules, not by FastAPI), the lists' projected records, and no
     422 responses (validation errors are 400 here)."""
     if app.openapi_schema is not None:
         return app.openapi_schema
@@ -59,6 +59,11 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
     projected["title"] = "UsageProductInventoryFields"
     projected["description"] = "A usage product inventory record, limited to `fields`."
     schemas["UsageProductInventoryFields"] = projected
+    usage = copy.deepcopy(schemas["Usage"])
+    usage.pop("required", None)
+    usage["title"] = "UsageFields"
+    usage["description"] = "A stored usage, limited to `fields`."
+    schemas["UsageFields"] = usage
     for path in document.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).pop("422", None)

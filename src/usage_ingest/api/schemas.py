@@ -287,6 +287,20 @@ class Usage(BaseModel):
     source: Source
     received_at: Instant
 
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> "Usage":
+        """A usage as the store reads it (its columns by name, JSON decoded)."""
+        source = Source(
+            topic=stored["source_topic"],
+            partition=stored["source_partition"],
+            offset=stored["source_offset"],
+        )
+        return cls(**{**stored, "source": source})
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON form of `GET /usages/{externalReference}` (and of each list item)."""
+        return self.model_dump(mode="json", by_alias=True)
+
 
 class UsageQueued(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)

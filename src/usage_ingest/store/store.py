@@ -13,12 +13,14 @@ from usage_ingest.store.migrations import MigrationStore
 from usage_ingest.store.product_items import ProductItemStore
 from usage_ingest.store.reference import ReferenceStore
 from usage_ingest.store.rejection_list import RejectionListStore
+from usage_ingest.store.usage_list import UsageListStore
 from usage_ingest.store.usages import UsageStore
 
 
 class Store(
     MigrationStore,
     UsageStore,
+    UsageListStore,
     ReferenceStore,
     InventoryStore,
     ProductItemStore,

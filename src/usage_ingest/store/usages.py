@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+
 from usage_ingest.domain.records import USAGE_COLUMNS, StoredUsage, UsageRow
 from usage_ingest.errors import StoreUnavailable
 from usage_ingest.store.connection import QUERIES, PooledStore, _translated_errors
@@ -68,10 +70,16 @@ class UsageStore(PooledStore):
         exact), or None."""
         async with _translated_errors("read usage"):
             row = await self._pool.fetchrow(QUERIES["fetch_usage"], external_reference)
-        if row is None:
-            return None
-        usage = dict(row)
-        for column in ("tax_location", "performance_location", "unit_quantities", "properties"):
-            if usage[column] is not None:
-                usage[column] = json.loads(usage[column], parse_float=Decimal)
-        return usage
+        return None if row is None else decoded_usage(row)
+
+
+_JSON_COLUMNS = ("tax_location", "performance_location", "unit_quantities", "properties")
+
+
+def decoded_usage(row: asyncpg.Record) -> dict[str, Any]:
+    """A row of `fetch_usage`'s columns as a dict: JSON parsed, decimals exact."""
+    usage = dict(row)
+    for column in _JSON_COLUMNS:
+        if usage[column] is not None:
+            usage[column] = json.loads(usage[column], parse_float=Decimal)
+    return usage

@@ -1,22 +1,33 @@
-"""`/usages`: queue a usage event for the worker, and read a stored usage."""
+"""`/usages`: queue a usage event for the worker, read a stored usage, and list the
+stored usages (as JSON pages, or as CSV)."""
 
 import asyncio
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
-from fastapi import Path, Request
-from fastapi.responses import JSONResponse
+from fastapi import Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRouter
 
+from usage_ingest.api.csv_export import (
+    CSV_CONTENT_TYPE,
+    CSV_MEDIA_TYPE,
+    csv_text,
+    first_chunk,
+    stream_csv,
+    wants_csv,
+)
 from usage_ingest.api.deps import MetricsDep, PublisherDep, SettingsDep, StoreDep
 from usage_ingest.api.errors import ApiError, ApiErrorItem, not_found
 from usage_ingest.api.guard import JSON_MEDIA_TYPE, GuardedRoute
 from usage_ingest.api.keys import Permission
+from usage_ingest.api.limits import MAX_PAGE, MAX_PAGE_SIZE
 from usage_ingest.api.openapi import error_responses
 from usage_ingest.api.schemas import Usage, UsageQueued
 from usage_ingest.api.security import SECURED, needs
-from usage_ingest.domain.messages import IDENT_PATTERN, Source
+from usage_ingest.api.usage_query import UsageFilterParameters, parse_usage_list
+from usage_ingest.domain.messages import IDENT_PATTERN
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.domain.validation import InvalidEvent, validate_record
 from usage_ingest.errors import BrokerUnavailable, ErrorCode
@@ -92,10 +103,105 @@ async def get_usage(
     )
     if found is None:
         raise not_found(f"usage {external_reference!r}")
-    source = Source(
-        topic=found["source_topic"],
-        partition=found["source_partition"],
-        offset=found["source_offset"],
+    return JSONResponse(Usage.from_stored(found).as_json())
+
+
+_LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One page of stored usages as JSON, each as `GET "
+        "/usages/{externalReference}` answers it (only the `fields` asked for); or, with "
+        "`Accept: text/csv`, the page or every match as CSV, one line per unit quantity.",
+        "headers": {
+            "X-Total-Count": {
+                "description": "The number of usages matching the filters (not sent with "
+                "a CSV export of every match).",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+        "content": {
+            JSON_MEDIA_TYPE: {
+                "schema": {"type": "array", "items": {"$ref": "#/components/schemas/UsageFields"}}
+            },
+            CSV_MEDIA_TYPE: {
+                "schema": {"type": "string"},
+                "example": "externalReference,usageId,contractId,debtorId,inventoryId,"
+                "productIdent,startDate,endDate,unit,quantity,billable,receivedAt\r\n"
+                "call-1,7,1,1,3,voice.uk,2026-05-01T10:00:00.000000Z,"
+                "2026-05-01T10:04:30.000000Z,minute,4.5,true,2026-05-01T10:04:31.120000Z\r\n",
+            },
+        },
+    },
+}
+
+
+@router.get(
+    "/usages",
+    response_model=None,
+    responses={**_LIST_RESPONSES, **error_responses(400, 401, 403, 503)},
+    dependencies=SECURED,
+    openapi_extra=needs(Permission.USAGE_READ),
+    summary="List stored usages, as JSON pages or as CSV",
+)
+async def list_usages(
+    request: Request,
+    store: StoreDep,
+    filters: UsageFilterParameters,
+    *,
+    page: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_PAGE,
+            description="Page number, from 1. Required for JSON; optional for CSV, where "
+            "without page and pageSize every match is exported.",
+        ),
+    ] = None,
+    page_size: Annotated[
+        int | None,
+        Query(
+            alias="pageSize",
+            ge=1,
+            le=MAX_PAGE_SIZE,
+            description="Usages per page. Required for JSON, with page for CSV.",
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        Query(
+            description="Comma list of scalar fields, `:desc` for descending: "
+            "startDate:desc,id. The id breaks ties."
+        ),
+    ] = None,
+    fields: Annotated[
+        str | None, Query(description="Comma list of the fields to return (JSON only).")
+    ] = None,
+    accept: Annotated[
+        str | None,
+        Header(description="`text/csv` for CSV; JSON otherwise.", include_in_schema=False),
+    ] = None,
+) -> Response:
+    csv = wants_csv(accept)
+    query, projection = parse_usage_list(
+        [name for name, _ in request.query_params.multi_items()],
+        csv=csv,
+        page=page,
+        page_size=page_size,
+        sort=sort,
+        fields=fields,
+        filters=filters,
     )
-    usage = Usage(**{**found, "source": source})
-    return JSONResponse(usage.model_dump(mode="json", by_alias=True))
+    if csv:
+        first = await first_chunk(store, query)
+        if query.limit is not None:  # a page: one chunk, and the total as for JSON
+            total = await store.count_usages(query.selection)
+            return Response(
+                csv_text(first.lines, header=True),
+                media_type=CSV_CONTENT_TYPE,
+                headers={"X-Total-Count": str(total)},
+            )
+        return StreamingResponse(stream_csv(store, query, first), media_type=CSV_CONTENT_TYPE)
+    total, found = await store.list_usages(query)
+    records = [Usage.from_stored(usage).as_json() for usage in found]
+    if projection is not None:
+        records = [{name: record[name] for name in projection} for record in records]
+    return JSONResponse(records, headers={"X-Total-Count": str(total)})

@@ -427,3 +427,49 @@ SELECT j.id, j.external_reference, j.errors::text AS errors, j.retryable,
 FROM usage_rejections j
 LEFT JOIN usages u ON u.external_reference = j.external_reference
 WHERE j.id = ANY($1::bigint[]);
+
+-- ===========================================================================
+-- The read side: GET /usages and its CSV export (SPEC-API.md, "The read side")
+-- ===========================================================================
+
+-- name: list_usages
+-- One page of stored usages, with the columns of fetch_usage. A template:
+-- compose_usage_page replaces the markers with SQL built from whitelisted column
+-- names only; every value is a bound parameter ($3 on). $1 limit, $2 offset.
+SELECT
+    id, external_reference, contract_id, debtor_id, inventory_id, product_item_id,
+    product_ident, description, start_date, end_date, operating_site,
+    tax_location::text AS tax_location, performance_location::text AS performance_location,
+    service_country, unit_quantities::text AS unit_quantities, properties::text AS properties,
+    billable, payload_hash, source_topic, source_partition, source_offset, received_at
+FROM usages u
+WHERE true /*where*/
+ORDER BY /*order by*/
+LIMIT $1 OFFSET $2;
+
+-- name: count_usages
+-- The number of stored usages matching the filters (a template, as list_usages).
+SELECT count(*) FROM usages u WHERE true /*where*/;
+
+-- name: export_usages
+-- The CSV export's lines of up to $1 usages, after a position in the order (or from
+-- the start; a template, as list_usages, whose /*keys*/ are the sort keys, selected
+-- so that the next chunk can start after the last usage of this one). One line per
+-- unit quantity, in the order given; a usage without quantities gives one line with
+-- unit and quantity null. Quantities as the text of their jsonb number: exact.
+-- $2 offset (0 unless a page is asked for).
+SELECT
+    u.*, q.item ->> 'unit' AS unit, q.item ->> 'quantity' AS quantity
+FROM (
+    SELECT
+        id, external_reference, contract_id, debtor_id, inventory_id, product_ident,
+        start_date, end_date, billable, received_at, unit_quantities /*keys*/
+    FROM usages u
+    WHERE true /*where*/
+    ORDER BY /*order by*/
+    LIMIT $1 OFFSET $2
+) u
+LEFT JOIN LATERAL jsonb_array_elements(
+    CASE WHEN jsonb_typeof(u.unit_quantities) = 'array' THEN u.unit_quantities END
+) WITH ORDINALITY AS q(item, n) ON true
+ORDER BY /*outer order by*/, q.n;
