@@ -72,6 +72,12 @@ OPERATIONS: list[tuple[str, str, Permission, dict[str, Any]]] = [
     ("PUT", "/contracts/1", Permission.CONTRACT_WRITE, {"json": {}}),
     ("POST", "/usages", Permission.USAGE_CREATE, {"json": {}}),
     ("GET", "/usages/nothing-here", Permission.USAGE_READ, {}),
+    (
+        "GET",
+        "/usage-summaries?startDate=gte:2026-05-01T00:00:00Z&startDate=lt:2026-06-01T00:00:00Z",
+        Permission.USAGE_READ,
+        {},
+    ),
 ]
 OPERATION_IDS = [f"{method} {path.partition('?')[0]}" for method, path, _, _ in OPERATIONS]
 

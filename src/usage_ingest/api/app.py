@@ -16,12 +16,19 @@ from usage_ingest.api.middleware import EdgeMiddleware
 from usage_ingest.api.openapi import openapi_document
 from usage_ingest.api.publisher import Publisher
 from usage_ingest.api.route_registry import include_routers
-from usage_ingest.api.routes import contracts, inventories, operations, product_items, usages
+from usage_ingest.api.routes import (
+    contracts,
+    inventories,
+    operations,
+    product_items,
+    usage_summaries,
+    usages,
+)
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 
 # In this order: it is the order of the OpenAPI document's paths.
-_ROUTERS = (inventories, product_items, contracts, usages, operations)
+_ROUTERS = (inventories, product_items, contracts, usages, usage_summaries, operations)
 
 
 def create_app(

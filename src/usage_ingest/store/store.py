@@ -12,12 +12,14 @@ from usage_ingest.store.inventories import InventoryStore
 from usage_ingest.store.migrations import MigrationStore
 from usage_ingest.store.product_items import ProductItemStore
 from usage_ingest.store.reference import ReferenceStore
+from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
 
 
 class Store(
     MigrationStore,
     UsageStore,
+    UsageSummaryStore,
     ReferenceStore,
     InventoryStore,
     ProductItemStore,
