@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         le=300,
         description="How long POST /usages waits for the broker's acknowledgement (then 503).",
     )
+    api_max_batch: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most usage events one POST /usages array may hold (more: 400).",
+    )
 
     # --- Operations ----------------------------------------------------------
     metrics_host: str = Field(

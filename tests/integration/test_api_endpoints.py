@@ -74,6 +74,12 @@ OPERATIONS: list[tuple[str, str, Permission, dict[str, Any]]] = [
     ("GET", "/usages/nothing-here", Permission.USAGE_READ, {}),
     ("GET", "/usage-rejections?page=1&pageSize=1", Permission.USAGE_READ, {}),
     ("GET", "/usages?page=1&pageSize=1", Permission.USAGE_READ, {}),
+    (
+        "GET",
+        "/usage-summaries?startDate=gte:2026-05-01T00:00:00Z&startDate=lt:2026-06-01T00:00:00Z",
+        Permission.USAGE_READ,
+        {},
+    ),
 ]
 OPERATION_IDS = [f"{method} {path.partition('?')[0]}" for method, path, _, _ in OPERATIONS]
 

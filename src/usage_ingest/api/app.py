@@ -22,13 +22,22 @@ from usage_ingest.api.routes import (
     operations,
     product_items,
     usage_rejections,
+    usage_summaries,
     usages,
 )
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 
 # In this order: it is the order of the OpenAPI document's paths.
-_ROUTERS = (inventories, product_items, contracts, usages, usage_rejections, operations)
+_ROUTERS = (
+    inventories,
+    product_items,
+    contracts,
+    usages,
+    usage_rejections,
+    usage_summaries,
+    operations,
+)
 
 
 def create_app(

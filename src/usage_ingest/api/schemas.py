@@ -1,5 +1,5 @@
 """The API's request and response models: inventory records, product items,
-contracts, usages and the operations endpoints' answers.
+contracts, usages, usage totals and the operations endpoints' answers.
 
 Requests take JSON types strictly and dates as yyyy-MM-dd; instants are written by
 `usage_ingest.times`. The JSON Patch operations are in `patch`, the error envelope
@@ -307,6 +307,36 @@ class UsageQueued(BaseModel):
 
     external_reference: str
     status: Literal["queued"]
+
+
+class UsageBatchQueued(BaseModel):
+    """The answer to an array of usage events: every one published and acknowledged."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    status: Literal["queued"]
+    queued: int = Field(ge=1)
+    external_references: list[str]
+
+
+class UsageSummary(BaseModel):
+    """One group of GET /usage-summaries: its `groupBy` fields (only those asked for),
+    its unit, how many usages hold that unit, and the exact sum of their quantities."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    contract_id: int | None = None
+    debtor_id: int | None = None
+    inventory_id: int | None = None
+    product_ident: str | None = None
+    billable: bool | None = None
+    day: str | None = Field(default=None, description="The UTC date of startDate, yyyy-MM-dd.")
+    month: str | None = Field(default=None, description="yyyy-MM of startDate in UTC.")
+    unit: str | None = Field(description="null for the usages without quantities.")
+    usages: int = Field(ge=1)
+    quantity: str = Field(
+        pattern=r"^[0-9]+(\.[0-9]+)?$", description="The exact decimal sum, never rounded."
+    )
 
 
 # --- operations -------------------------------------------------------------------

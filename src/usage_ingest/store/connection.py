@@ -1,6 +1,6 @@
 """The store's shared machinery: the pool, the named queries, and driver-error translation.
 
-Every concern of the store (`migrations`, `usages`, `reference`, `inventories`,
+Every concern of the store (`migrations`, `usages`, `usage_summaries`, `reference`, `inventories`,
 `product_items`, `contracts`, `api_keys`) is a `PooledStore` working on the one pool
 opened here. The names with a leading underscore are private to the `store` package.
 

@@ -14,6 +14,7 @@ from usage_ingest.store.product_items import ProductItemStore
 from usage_ingest.store.reference import ReferenceStore
 from usage_ingest.store.rejection_list import RejectionListStore
 from usage_ingest.store.usage_list import UsageListStore
+from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
 
 
@@ -21,6 +22,7 @@ class Store(
     MigrationStore,
     UsageStore,
     UsageListStore,
+    UsageSummaryStore,
     ReferenceStore,
     InventoryStore,
     ProductItemStore,

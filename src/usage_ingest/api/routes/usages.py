@@ -1,7 +1,6 @@
-"""`/usages`: queue a usage event for the worker, read a stored usage, and list the
-stored usages (as JSON pages, or as CSV)."""
+"""`/usages`: queue a usage event (or an array of them, `usage_batch`) for the worker,
+read a stored usage, and list the stored usages (as JSON pages, or as CSV)."""
 
-import asyncio
 import re
 from typing import Annotated, Any
 
@@ -24,13 +23,15 @@ from usage_ingest.api.guard import JSON_MEDIA_TYPE, GuardedRoute
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.limits import MAX_PAGE, MAX_PAGE_SIZE
 from usage_ingest.api.openapi import error_responses
-from usage_ingest.api.schemas import Usage, UsageQueued
+from usage_ingest.api.publisher import publish_acknowledged
+from usage_ingest.api.schemas import Usage, UsageBatchQueued, UsageQueued
 from usage_ingest.api.security import SECURED, needs
+from usage_ingest.api.usage_batch import is_array, queue_batch
 from usage_ingest.api.usage_query import UsageFilterParameters, parse_usage_list
 from usage_ingest.domain.messages import IDENT_PATTERN
 from usage_ingest.domain.records import OutputRecord
 from usage_ingest.domain.validation import InvalidEvent, validate_record
-from usage_ingest.errors import BrokerUnavailable, ErrorCode
+from usage_ingest.errors import ErrorCode
 
 log = structlog.get_logger("usage_ingest.api")
 
@@ -40,22 +41,39 @@ router = APIRouter(route_class=GuardedRoute)
 @router.post(
     "/usages",
     status_code=202,
-    response_model=UsageQueued,
+    response_model=UsageQueued | UsageBatchQueued,
     responses=error_responses(400, 401, 403, 413, 415, 503),
     dependencies=SECURED,
     openapi_extra={
         **needs(Permission.USAGE_CREATE),
         "requestBody": {
             "required": True,
-            "content": {JSON_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/UsageEvent"}}},
+            "content": {
+                JSON_MEDIA_TYPE: {
+                    "schema": {
+                        "oneOf": [
+                            {"$ref": "#/components/schemas/UsageEvent"},
+                            {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/UsageEvent"},
+                                "minItems": 1,
+                                "description": "At most USAGE_INGEST_API_MAX_BATCH events "
+                                "(default 1000), all or nothing.",
+                            },
+                        ]
+                    }
+                }
+            },
         },
     },
-    summary="Queue a usage event for the worker",
+    summary="Queue a usage event, or an array of them, for the worker",
 )
 async def post_usage(
     request: Request, settings: SettingsDep, producer: PublisherDep, metrics: MetricsDep
 ) -> JSONResponse:
     body = await request.body()
+    if is_array(body):
+        return await queue_batch(body, settings, producer, metrics)
     verdict = validate_record(body, settings.max_message_bytes)
     if isinstance(verdict, InvalidEvent):
         too_large = any(e.code is ErrorCode.MESSAGE_TOO_LARGE for e in verdict.errors)
@@ -68,16 +86,7 @@ async def post_usage(
         )
     reference = verdict.event.external_reference
     record = OutputRecord(settings.topic_events, reference.encode(), body)
-    try:
-        unacknowledged = await asyncio.wait_for(
-            producer.publish([record]), settings.api_publish_timeout_s
-        )
-    except TimeoutError:
-        unacknowledged = [record]
-    if unacknowledged:
-        raise BrokerUnavailable(
-            f"the broker did not acknowledge {reference!r} on {settings.topic_events}"
-        )
+    await publish_acknowledged(producer, [record], settings.api_publish_timeout_s)
     metrics.usages_queued.inc()
     log.info("usage_queued", external_reference=reference, topic=settings.topic_events)
     return JSONResponse({"externalReference": reference, "status": "queued"}, status_code=202)

@@ -428,7 +428,8 @@ FROM usage_rejections j
 LEFT JOIN usages u ON u.external_reference = j.external_reference
 WHERE j.id = ANY($1::bigint[]);
 
--- ===========================================================================
+-- ====================================================================
+
 -- The read side: GET /usages and its CSV export (SPEC-API.md, "The read side")
 -- ===========================================================================
 
@@ -473,3 +474,33 @@ LEFT JOIN LATERAL jsonb_array_elements(
     CASE WHEN jsonb_typeof(u.unit_quantities) = 'array' THEN u.unit_quantities END
 ) WITH ORDINALITY AS q(item, n) ON true
 ORDER BY /*outer order by*/, q.n;
+=======
+-- name: summarize_usages
+-- GET /usage-summaries: per group and unit, the usages holding that unit and the exact
+-- sum of its quantities (numeric, as text: never a float, never rounded); a usage without
+-- quantities counts under unit NULL with quantity 0. One statement: the number of groups
+-- and one page of them, as a JSON array.
+-- A template: UsageSummaryStore.summarize_usages replaces the markers below with SQL
+-- built from whitelisted expressions and names only; every value is a bound parameter
+-- ($3 on). $1 limit, $2 offset.
+WITH quantities AS (
+    SELECT u.*, q->>'unit' AS unit, (q->>'quantity')::numeric AS quantity
+    FROM usages u
+    LEFT JOIN LATERAL jsonb_array_elements(
+        CASE WHEN jsonb_typeof(u.unit_quantities) = 'array'
+            THEN u.unit_quantities ELSE '[]'::jsonb END
+    ) AS q ON true
+    WHERE true /*where*/
+),
+groups AS (
+    SELECT /*group columns*/ unit, count(*) AS usages, coalesce(sum(quantity), 0)::text AS quantity
+    FROM quantities
+    GROUP BY /*group by*/ unit
+)
+SELECT
+    (SELECT count(*) FROM groups) AS total,
+    coalesce(
+        (SELECT json_agg(page ORDER BY /*order by*/)::text
+         FROM (SELECT * FROM groups ORDER BY /*order by*/ LIMIT $1 OFFSET $2) page),
+        '[]'
+    ) AS items;
