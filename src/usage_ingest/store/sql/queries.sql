@@ -474,7 +474,7 @@ LEFT JOIN LATERAL jsonb_array_elements(
     CASE WHEN jsonb_typeof(u.unit_quantities) = 'array' THEN u.unit_quantities END
 ) WITH ORDINALITY AS q(item, n) ON true
 ORDER BY /*outer order by*/, q.n;
-=======
+
 -- name: summarize_usages
 -- GET /usage-summaries: per group and unit, the usages holding that unit and the exact
 -- sum of its quantities (numeric, as text: never a float, never rounded); a usage without
