@@ -6,8 +6,15 @@ from collections.abc import Mapping, Sequence
 
 from pydantic.alias_generators import to_camel
 
-from usage_ingest.api.errors import ApiError, ApiErrorCode, ApiErrorItem
-from usage_ingest.api.limits import MAX_IN_VALUES, filter_count_problems
+from usage_ingest.api import list_query
+from usage_ingest.api.errors import ApiError, ApiErrorItem
+from usage_ingest.api.list_query import (
+    LIST_PARAMETERS,
+    check_parameter_names,
+    filter_text,
+    in_values,
+    parse_filters,
+)
 from usage_ingest.api.rejection_schemas import REJECTION_FIELDS
 from usage_ingest.errors import ErrorCode
 from usage_ingest.store.rejection_list import (
@@ -19,7 +26,6 @@ from usage_ingest.store.rejection_list import (
 )
 from usage_ingest.times import parse_date_time
 
-_LIST_PARAMETERS = frozenset({"page", "pageSize", "sort", "fields"})
 # The query string's names (camelCase) of the store's fields.
 REJECTION_LIST_FILTERS: dict[str, str] = {to_camel(name): name for name in REJECTION_FILTER_OPS}
 _SORTABLE: dict[str, str] = {to_camel(name): name for name in REJECTION_SORT_FIELDS}
@@ -28,45 +34,14 @@ _BOOLEANS = {"true": True, "false": False}
 _CODES = ", ".join(ErrorCode)
 
 
-def _parameter_error(name: str | None, message: str) -> ApiErrorItem:
-    return ApiErrorItem(code=ApiErrorCode.INVALID_PARAMETER, field=name, message=message)
-
-
 def parse_sort(text: str | None, errors: list[ApiErrorItem]) -> tuple[tuple[str, bool], ...]:
     """`failedAt:desc,id` → (("failed_at", True), ("id", False)); () without a sort."""
-    if text is None:
-        return ()
-    keys: list[tuple[str, bool]] = []
-    for part in text.split(","):
-        name, colon, direction = part.strip().partition(":")
-        if name not in _SORTABLE:
-            errors.append(
-                _parameter_error(
-                    "sort", f"{name!r} is not a sortable field; sortable: " + ", ".join(_SORTABLE)
-                )
-            )
-        elif colon and direction not in ("asc", "desc"):
-            errors.append(_parameter_error("sort", f"{part!r}: a direction is ':desc' (or ':asc')"))
-        elif _SORTABLE[name] in {key for key, _ in keys}:
-            errors.append(_parameter_error("sort", f"{name!r} is named twice"))
-        else:
-            keys.append((_SORTABLE[name], direction == "desc"))
-    return tuple(keys)
+    return list_query.parse_sort(text, _SORTABLE, errors)
 
 
 def parse_fields(text: str | None, errors: list[ApiErrorItem]) -> tuple[str, ...] | None:
     """`id,errors` → the fields to return; None means all of them."""
-    if text is None:
-        return None
-    names = tuple(name.strip() for name in text.split(","))
-    for name in names:
-        if name not in REJECTION_FIELDS:
-            errors.append(
-                _parameter_error(
-                    "fields", f"{name!r} is not a field; fields: " + ", ".join(REJECTION_FIELDS)
-                )
-            )
-    return names
+    return list_query.parse_fields(text, REJECTION_FIELDS, errors)
 
 
 def _split_operator(field: str, text: str) -> tuple[RejectionFilterOp, str]:
@@ -80,14 +55,6 @@ def _split_operator(field: str, text: str) -> tuple[RejectionFilterOp, str]:
         listed = ", ".join(sorted(f"{op.value}:" for op in taken))
         raise ValueError(f"{match.group(1)}: is not an operator of this filter; it takes {listed}")
     return RejectionFilterOp(match.group(1)), text[match.end() :]
-
-
-def _filter_text(value: str) -> str:
-    if not value:
-        raise ValueError("an empty value matches nothing useful")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
 
 
 def _error_code(value: str) -> str:
@@ -114,12 +81,9 @@ def parse_filter(name: str, text: str) -> RejectionFilter:
                 "lt: or lte:, e.g. gte:2026-05-01T00:00:00Z"
             ) from None
         return RejectionFilter(field, op, instant)
-    check = _error_code if field == "code" else _filter_text
+    check = _error_code if field == "code" else filter_text
     if op is RejectionFilterOp.IN:
-        values = tuple(value.split(","))
-        if len(values) > MAX_IN_VALUES:
-            raise ValueError(f"in: takes at most {MAX_IN_VALUES} values")
-        return RejectionFilter(field, op, tuple(check(item) for item in values))
+        return RejectionFilter(field, op, tuple(check(item) for item in in_values(value)))
     return RejectionFilter(field, op, check(value))
 
 
@@ -135,27 +99,11 @@ def parse_rejection_query(
     """The query string (`names`: every parameter given, in order, for unknown and
     repeated ones), every problem reported at once (400)."""
     errors: list[ApiErrorItem] = []
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    for name, count in counts.items():
-        if name not in _LIST_PARAMETERS and name not in REJECTION_LIST_FILTERS:
-            errors.append(_parameter_error(name, "is not a parameter of this endpoint"))
-        elif name in _LIST_PARAMETERS and count > 1:
-            errors.append(_parameter_error(name, "is given more than once"))
-    too_many = filter_count_problems(counts, REJECTION_LIST_FILTERS)
-    if too_many:  # refused before any filter is parsed
-        errors += [_parameter_error(field, message) for field, message in too_many]
-        raise ApiError(400, errors)
+    if not check_parameter_names(names, LIST_PARAMETERS, REJECTION_LIST_FILTERS, errors):
+        raise ApiError(400, errors)  # refused before any filter is parsed
     sort_keys = parse_sort(sort, errors)
     projection = parse_fields(fields, errors)
-    parsed = []
-    for name, texts in filters.items():
-        for text in texts or ():
-            try:
-                parsed.append(parse_filter(name, text))
-            except ValueError as exc:
-                errors.append(_parameter_error(name, str(exc)))
+    parsed = parse_filters(filters, parse_filter, errors)
     if errors:
         raise ApiError(400, errors)
     query = RejectionListQuery(

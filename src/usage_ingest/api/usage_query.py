@@ -4,7 +4,7 @@ the store's `UsageFilters` and `UsageListQuery` with every problem reported at o
 
 For another read with the same filters: declare `UsageFilterParameters` (the filters'
 OpenAPI parameters, their raw values by query name), check the query string's names
-with `check_parameter_names`, then `parse_usage_filters`.
+with `check_usage_parameter_names`, then `parse_usage_filters`.
 """
 
 import re
@@ -14,10 +14,19 @@ from typing import Annotated
 from fastapi import Depends, Query
 from pydantic.alias_generators import to_camel
 
-from usage_ingest.api.errors import ApiError, ApiErrorCode, ApiErrorItem
-from usage_ingest.api.limits import MAX_IN_VALUES, filter_count_problems
+from usage_ingest.api.errors import ApiError, ApiErrorItem
+from usage_ingest.api.list_query import (
+    LIST_PARAMETERS,
+    check_parameter_names,
+    filter_text,
+    in_values,
+    parameter_error,
+    parse_fields,
+    parse_filters,
+    parse_id,
+    parse_sort,
+)
 from usage_ingest.api.schemas import Usage
-from usage_ingest.domain.messages import ID_MAX, ID_MIN
 from usage_ingest.store.usage_list import (
     USAGE_FILTER_KINDS,
     USAGE_SORT_FIELDS,
@@ -35,9 +44,6 @@ _SORTABLE: dict[str, str] = {to_camel(name): name for name in USAGE_SORT_FIELDS}
 USAGE_FIELDS: tuple[str, ...] = tuple(
     info.alias or name for name, info in Usage.model_fields.items()
 )
-USAGE_LIST_PARAMETERS = frozenset({"page", "pageSize", "sort", "fields"})
-
-_ID = re.compile(r"^[0-9]{1,19}$")
 _INSTANT = re.compile(r"^(?:(gte|gt|lte|lt):)?(.*)$", re.DOTALL)
 _TEXT_HELP = "xyz (exact), in:x,y (any of) or like:xyz (contains, case-insensitive)"
 _ID_HELP = "An id (exact), or in:1,2 (any of)."
@@ -90,41 +96,19 @@ def _filter_values(
 UsageFilterParameters = Annotated[RawFilters, Depends(_filter_values)]
 
 
-def parameter_error(name: str | None, message: str) -> ApiErrorItem:
-    return ApiErrorItem(code=ApiErrorCode.INVALID_PARAMETER, field=name, message=message)
-
-
-def check_parameter_names(
+def check_usage_parameter_names(
     names: Iterable[str], single: frozenset[str], errors: list[ApiErrorItem]
 ) -> bool:
-    """Unknown parameters, and repeats of those given at most once (`single`), are each
-    an error; so are filters past the request limits. False when the filters are past
-    those limits: then they are not to be parsed at all."""
-    counts: dict[str, int] = {}
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1
-    for name, count in counts.items():
-        if name not in single and name not in USAGE_FILTER_PARAMETERS:
-            errors.append(parameter_error(name, "is not a parameter of this endpoint"))
-        elif name in single and count > 1:
-            errors.append(parameter_error(name, "is given more than once"))
-    too_many = filter_count_problems(counts, USAGE_FILTER_PARAMETERS)
-    errors.extend(parameter_error(field, message) for field, message in too_many)
-    return not too_many
+    """`check_parameter_names` for a read with the usages' filters and the parameters
+    of its own (`single`, each given at most once)."""
+    return check_parameter_names(names, single, USAGE_FILTER_PARAMETERS, errors)
 
 
 def parse_usage_filters(
     raw: Mapping[str, Sequence[str] | None], errors: list[ApiErrorItem]
 ) -> UsageFilters:
     """The filters given (query name → values), one error per bad value."""
-    parsed = []
-    for name, texts in raw.items():
-        for text in texts or ():
-            try:
-                parsed.append(parse_usage_filter(name, text))
-            except ValueError as exc:
-                errors.append(parameter_error(name, str(exc)))
-    return UsageFilters(tuple(parsed))
+    return UsageFilters(tuple(parse_filters(raw, parse_usage_filter, errors)))
 
 
 def parse_usage_filter(name: str, text: str) -> UsageFilter:
@@ -139,20 +123,19 @@ def parse_usage_filter(name: str, text: str) -> UsageFilter:
     if kind is UsageFilterKind.INSTANT:
         return _instant_filter(field, text)
     if text.startswith("in:"):
-        return _in_filter(field, kind, text.removeprefix("in:").split(","))
+        return _in_filter(field, kind, text.removeprefix("in:"))
     if kind is UsageFilterKind.ID:
-        return UsageFilter(field, UsageFilterOp.EQ, _id(text))
+        return UsageFilter(field, UsageFilterOp.EQ, parse_id(text))
     if text.startswith("like:"):
-        return UsageFilter(field, UsageFilterOp.LIKE, _text(text.removeprefix("like:")))
-    return UsageFilter(field, UsageFilterOp.EQ, _text(text))
+        return UsageFilter(field, UsageFilterOp.LIKE, filter_text(text.removeprefix("like:")))
+    return UsageFilter(field, UsageFilterOp.EQ, filter_text(text))
 
 
-def _in_filter(field: str, kind: UsageFilterKind, values: list[str]) -> UsageFilter:
-    if len(values) > MAX_IN_VALUES:
-        raise ValueError(f"in: takes at most {MAX_IN_VALUES} values")
+def _in_filter(field: str, kind: UsageFilterKind, text: str) -> UsageFilter:
+    values = in_values(text)
     if kind is UsageFilterKind.ID:
-        return UsageFilter(field, UsageFilterOp.IN, tuple(_id(v) for v in values))
-    return UsageFilter(field, UsageFilterOp.IN, tuple(_text(v) for v in values))
+        return UsageFilter(field, UsageFilterOp.IN, tuple(parse_id(v) for v in values))
+    return UsageFilter(field, UsageFilterOp.IN, tuple(filter_text(v) for v in values))
 
 
 def _instant_filter(field: str, text: str) -> UsageFilter:
@@ -168,55 +151,14 @@ def _instant_filter(field: str, text: str) -> UsageFilter:
     return UsageFilter(field, UsageFilterOp(match.group(1) or "eq"), instant)
 
 
-def _id(text: str) -> int:
-    if not _ID.match(text) or not ID_MIN <= int(text) <= ID_MAX:
-        raise ValueError(f"{text!r} is not an id (1 to {ID_MAX})")
-    return int(text)
-
-
-def _text(value: str) -> str:
-    if not value:
-        raise ValueError("an empty value matches nothing useful")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
 def parse_usage_sort(text: str | None, errors: list[ApiErrorItem]) -> tuple[tuple[str, bool], ...]:
     """`startDate:desc,id` → (("start_date", True), ("id", False))."""
-    if text is None:
-        return ()
-    keys: list[tuple[str, bool]] = []
-    for part in text.split(","):
-        name, colon, direction = part.strip().partition(":")
-        if name not in _SORTABLE:
-            errors.append(
-                parameter_error(
-                    "sort", f"{name!r} is not a sortable field; sortable: " + ", ".join(_SORTABLE)
-                )
-            )
-        elif colon and direction not in ("asc", "desc"):
-            errors.append(parameter_error("sort", f"{part!r}: a direction is ':desc' (or ':asc')"))
-        elif _SORTABLE[name] in {key for key, _ in keys}:
-            errors.append(parameter_error("sort", f"{name!r} is named twice"))
-        else:
-            keys.append((_SORTABLE[name], direction == "desc"))
-    return tuple(keys)
+    return parse_sort(text, _SORTABLE, errors)
 
 
 def parse_usage_fields(text: str | None, errors: list[ApiErrorItem]) -> tuple[str, ...] | None:
     """`id,externalReference` → the fields to return; None means all of them."""
-    if text is None:
-        return None
-    names = tuple(name.strip() for name in text.split(","))
-    for name in names:
-        if name not in USAGE_FIELDS:
-            errors.append(
-                parameter_error(
-                    "fields", f"{name!r} is not a field; fields: " + ", ".join(USAGE_FIELDS)
-                )
-            )
-    return names
+    return parse_fields(text, USAGE_FIELDS, errors)
 
 
 def parse_usage_list(
@@ -233,7 +175,7 @@ def parse_usage_list(
     unknown and repeated ones). `page` and `pageSize` go together; without `csv` they
     are required. `fields` is for the JSON list only. Every problem at once (400)."""
     errors: list[ApiErrorItem] = []
-    if not check_parameter_names(names, USAGE_LIST_PARAMETERS, errors):
+    if not check_usage_parameter_names(names, LIST_PARAMETERS, errors):
         raise ApiError(400, errors)
     if not csv:
         errors += [

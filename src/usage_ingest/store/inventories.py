@@ -19,6 +19,7 @@ from usage_ingest.errors import (
     UnknownReferencedRecord,
 )
 from usage_ingest.store.connection import QUERIES, PooledStore, _translated_errors
+from usage_ingest.store.list_sql import and_all, column_conditions, filter_condition, order_by
 from usage_ingest.store.reference import LoadCounts, upsert_inventory
 
 if TYPE_CHECKING:
@@ -70,6 +71,11 @@ _CONDITIONS: Final[dict[FilterOp, str]] = {
     FilterOp.IN: "{column} = ANY(${n}::text[])",
     FilterOp.LIKE: "strpos(lower({column}), lower(${n}::text)) > 0",
 }
+_FILTER_CONDITIONS: Final = column_conditions(
+    {name: (kind, column) for name, (kind, column, _) in _INVENTORY_FILTERS.items()},
+    FILTER_OPS,
+    _CONDITIONS,
+)
 _ON_PRODUCT_REFERENCES = (
     "EXISTS (SELECT 1 FROM usage_product_references r WHERE r.inventory_id = i.id AND {condition})"
 )
@@ -122,29 +128,17 @@ def compose_inventory_list(query: InventoryListQuery) -> tuple[str, list[Any]]:
     conditions: list[str] = []
     on_one_reference: list[str] = []  # conditions on one product reference
     for item in query.filters:
-        if item.field not in _INVENTORY_FILTERS:
-            raise ValueError(f"{item.field!r} cannot be filtered on")
-        kind, column, on_references = _INVENTORY_FILTERS[item.field]
-        if item.op not in FILTER_OPS[kind]:
-            raise ValueError(f"{item.field!r} cannot be filtered with {item.op}")
-        params.append(list(item.value) if isinstance(item.value, tuple) else item.value)
-        condition = _CONDITIONS[item.op].format(column=column, n=len(params))
+        condition = filter_condition(item.field, item.op, item.value, _FILTER_CONDITIONS, params)
+        on_references = _INVENTORY_FILTERS[item.field][2]
         (on_one_reference if on_references else conditions).append(condition)
     if on_one_reference:
         # One EXISTS for them all: one pass over each record's references, not one per
         # filter, and every condition holds for the same reference (its number and label).
         conditions.append(_ON_PRODUCT_REFERENCES.format(condition=" AND ".join(on_one_reference)))
-    order = []
-    for name, descending in query.sort:
-        if name not in INVENTORY_SORT_FIELDS:
-            raise ValueError(f"{name!r} cannot be sorted on")
-        order.append(f"{name} {'DESC' if descending else 'ASC'}")
-    if "id" not in {name for name, _ in query.sort}:
-        order.append("id ASC")
     sql = (
         QUERIES["list_inventory_ids"]
-        .replace("/*where*/", "".join(f"\n      AND {c}" for c in conditions))
-        .replace("/*order by*/", ", ".join(order))
+        .replace("/*where*/", and_all(conditions, "      "))
+        .replace("/*order by*/", order_by(query.sort, INVENTORY_SORT_FIELDS))
     )
     return sql, params
 

@@ -15,6 +15,7 @@ from typing import Any, Final
 import asyncpg
 
 from usage_ingest.store.connection import QUERIES, PooledStore, _translated_errors
+from usage_ingest.store.list_sql import and_all, filter_condition, order_by
 from usage_ingest.times import format_utc_millis
 
 
@@ -94,26 +95,16 @@ def compose_rejection_list(query: RejectionListQuery) -> tuple[str, list[Any]]:
     first; with one, the id ends the order (ascending unless named), so pages are stable.
     """
     params: list[Any] = [query.limit, query.offset]
-    conditions: list[str] = []
-    for item in query.filters:
-        if item.field not in _FILTERS:
-            raise ValueError(f"{item.field!r} cannot be filtered on")
-        if item.op not in _FILTERS[item.field]:
-            raise ValueError(f"{item.field!r} cannot be filtered with {item.op}")
-        params.append(list(item.value) if isinstance(item.value, tuple) else item.value)
-        conditions.append(_FILTERS[item.field][item.op].format(n=len(params)))
-    sort = query.sort or DEFAULT_REJECTION_SORT
-    order = []
-    for name, descending in sort:
-        if name not in REJECTION_SORT_FIELDS:
-            raise ValueError(f"{name!r} cannot be sorted on")
-        order.append(f"{name} {'DESC' if descending else 'ASC'}")
-    if "id" not in {name for name, _ in sort}:
-        order.append("id ASC")
+    conditions = [
+        filter_condition(item.field, item.op, item.value, _FILTERS, params)
+        for item in query.filters
+    ]
     sql = (
         QUERIES["list_usage_rejection_ids"]
-        .replace("/*where*/", "".join(f"\n      AND {c}" for c in conditions))
-        .replace("/*order by*/", ", ".join(order))
+        .replace("/*where*/", and_all(conditions, "      "))
+        .replace(
+            "/*order by*/", order_by(query.sort or DEFAULT_REJECTION_SORT, REJECTION_SORT_FIELDS)
+        )
     )
     return sql, params
 

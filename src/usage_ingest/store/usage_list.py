@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from usage_ingest.store.connection import QUERIES, PooledStore, _translated_errors
+from usage_ingest.store.list_sql import and_all, column_conditions, filter_condition
 from usage_ingest.store.usages import decoded_usage
 
 
@@ -77,6 +78,10 @@ _CONDITIONS: Final[dict[UsageFilterOp, str]] = {
     UsageFilterOp.LT: "{column} < ${n}",
     UsageFilterOp.LTE: "{column} <= ${n}",
 }
+# Each filterable field's condition, by operator (`{n}` its parameter's number).
+USAGE_CONDITIONS: Final = column_conditions(
+    _USAGE_FILTERS, USAGE_FILTER_OPS, _CONDITIONS, _ARRAY_TYPES
+)
 
 # Sortable fields (the scalar fields of a usage): column, Postgres type, nullable.
 _USAGE_SORT_COLUMNS: Final[dict[str, tuple[str, str, bool]]] = {
@@ -127,20 +132,10 @@ def usage_conditions(selection: UsageFilters, params: list[Any]) -> list[str]:
     """The SQL conditions on `usages u` of `selection`; their values are appended to
     `params` and named by their position there. Unknown fields or operators raise
     ValueError (the API refuses them before they get here)."""
-    conditions = []
-    for item in selection.filters:
-        if item.field not in _USAGE_FILTERS:
-            raise ValueError(f"{item.field!r} cannot be filtered on")
-        kind, column = _USAGE_FILTERS[item.field]
-        if item.op not in USAGE_FILTER_OPS[kind]:
-            raise ValueError(f"{item.field!r} cannot be filtered with {item.op}")
-        params.append(list(item.value) if isinstance(item.value, tuple) else item.value)
-        conditions.append(
-            _CONDITIONS[item.op].format(
-                column=column, n=len(params), array=_ARRAY_TYPES.get(kind, "")
-            )
-        )
-    return conditions
+    return [
+        filter_condition(item.field, item.op, item.value, USAGE_CONDITIONS, params)
+        for item in selection.filters
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +196,7 @@ def compose_usage_page(query: UsageListQuery) -> tuple[str, list[Any], str, list
     """The SQL and parameters of one list page ($1 limit, $2 offset), and of the count
     of every match."""
     params: list[Any] = [query.limit, query.offset]
-    where = "".join(f"\n  AND {c}" for c in usage_conditions(query.selection, params))
+    where = and_all(usage_conditions(query.selection, params), "  ")
     keys = _sort_keys(query.sort)
     page = (
         QUERIES["list_usages"]
@@ -209,7 +204,7 @@ def compose_usage_page(query: UsageListQuery) -> tuple[str, list[Any], str, list
         .replace("/*order by*/", _order_by(keys, [k.expression for k in keys]))
     )
     count_params: list[Any] = []
-    count_where = "".join(f"\n  AND {c}" for c in usage_conditions(query.selection, count_params))
+    count_where = and_all(usage_conditions(query.selection, count_params), "  ")
     count = QUERIES["count_usages"].replace("/*where*/", count_where)
     return page, params, count, count_params
 
@@ -231,7 +226,7 @@ def compose_usage_export(
     sql = (
         QUERIES["export_usages"]
         .replace("/*keys*/", selected)
-        .replace("/*where*/", "".join(f"\n      AND {c}" for c in conditions))
+        .replace("/*where*/", and_all(conditions, "      "))
         .replace("/*order by*/", _order_by(keys, [k.expression for k in keys]))
         .replace("/*outer order by*/", _order_by(keys, names))
     )
@@ -268,7 +263,7 @@ class UsageListStore(PooledStore):
     async def count_usages(self, selection: UsageFilters) -> int:
         """The number of stored usages matching `selection`."""
         params: list[Any] = []
-        where = "".join(f"\n  AND {c}" for c in usage_conditions(selection, params))
+        where = and_all(usage_conditions(selection, params), "  ")
         sql = QUERIES["count_usages"].replace("/*where*/", where)
         async with _translated_errors("count usages"):
             return int(await self._pool.fetchval(sql, *params))

@@ -1,8 +1,8 @@
 """Totals over the stored usages (GET /usage-summaries): per group and unit, how many
 usages and the exact sum of their quantities, summed by Postgres in `numeric`.
 
-The statement is composed here from whitelists (group keys, filterable fields and their
-operators); every value is a bound parameter.
+The statement is composed here from whitelists (group keys, and the filters of the
+usages' list with their conditions, `usage_list`); every value is a bound parameter.
 """
 
 from __future__ import annotations
@@ -10,72 +10,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, Final
 
 from usage_ingest.store.connection import QUERIES, PooledStore, _translated_errors
+from usage_ingest.store.list_sql import and_all, filter_condition
+from usage_ingest.store.usage_list import (
+    USAGE_CONDITIONS,
+    USAGE_FILTER_KINDS,
+    UsageFilterKind,
+    UsageFilterOp,
+)
 
 
-class SummaryFilterKind(StrEnum):
-    ID = "id"  # exact, in
-    TEXT = "text"  # exact, in, like
-    BOOLEAN = "boolean"  # exact
-    INSTANT = "instant"  # exact, gt, gte, lt, lte
+def _camel(name: str) -> str:
+    """`contract_id` → `contractId`: the API's name of a field of `usages`."""
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
 
 
-class SummaryFilterOp(StrEnum):
-    EQ = "eq"
-    GT = "gt"
-    GTE = "gte"
-    LT = "lt"
-    LTE = "lte"
-    IN = "in"
-    LIKE = "like"  # case-insensitive contains
-
-
-SUMMARY_FILTER_OPS: Final[dict[SummaryFilterKind, frozenset[SummaryFilterOp]]] = {
-    SummaryFilterKind.ID: frozenset({SummaryFilterOp.EQ, SummaryFilterOp.IN}),
-    SummaryFilterKind.TEXT: frozenset(
-        {SummaryFilterOp.EQ, SummaryFilterOp.IN, SummaryFilterOp.LIKE}
-    ),
-    SummaryFilterKind.BOOLEAN: frozenset({SummaryFilterOp.EQ}),
-    SummaryFilterKind.INSTANT: frozenset(
-        {
-            SummaryFilterOp.EQ,
-            SummaryFilterOp.GT,
-            SummaryFilterOp.GTE,
-            SummaryFilterOp.LT,
-            SummaryFilterOp.LTE,
-        }
-    ),
+# The filters are those of the usages' list (`usage_list`), under the API's names.
+SummaryFilterKind = UsageFilterKind
+SummaryFilterOp = UsageFilterOp
+SUMMARY_FILTER_KINDS: Final[dict[str, UsageFilterKind]] = {
+    _camel(name): kind for name, kind in USAGE_FILTER_KINDS.items()
 }
-
-# Filterable fields (the API's names): kind and column of `usages u`.
-_SUMMARY_FILTERS: Final[dict[str, tuple[SummaryFilterKind, str]]] = {
-    "contractId": (SummaryFilterKind.ID, "u.contract_id"),
-    "debtorId": (SummaryFilterKind.ID, "u.debtor_id"),
-    "inventoryId": (SummaryFilterKind.ID, "u.inventory_id"),
-    "productIdent": (SummaryFilterKind.TEXT, "u.product_ident"),
-    "externalReference": (SummaryFilterKind.TEXT, "u.external_reference"),
-    "billable": (SummaryFilterKind.BOOLEAN, "u.billable"),
-    "startDate": (SummaryFilterKind.INSTANT, "u.start_date"),
-    "receivedAt": (SummaryFilterKind.INSTANT, "u.received_at"),
-}
-SUMMARY_FILTER_KINDS: Final[dict[str, SummaryFilterKind]] = {
-    name: kind for name, (kind, _) in _SUMMARY_FILTERS.items()
-}
-_ARRAY_TYPES: Final[dict[SummaryFilterKind, str]] = {
-    SummaryFilterKind.ID: "bigint[]",
-    SummaryFilterKind.TEXT: "text[]",
-}
-_CONDITIONS: Final[dict[SummaryFilterOp, str]] = {
-    SummaryFilterOp.EQ: "{column} = ${n}",
-    SummaryFilterOp.GT: "{column} > ${n}",
-    SummaryFilterOp.GTE: "{column} >= ${n}",
-    SummaryFilterOp.LT: "{column} < ${n}",
-    SummaryFilterOp.LTE: "{column} <= ${n}",
-    SummaryFilterOp.IN: "{column} = ANY(${n}::{array})",
-    SummaryFilterOp.LIKE: "strpos(lower({column}), lower(${n}::text)) > 0",
+_SUMMARY_CONDITIONS: Final = {
+    _camel(name): conditions for name, conditions in USAGE_CONDITIONS.items()
 }
 
 # The group keys (the API's names, also the items' keys): their expressions over the
@@ -117,19 +77,10 @@ def compose_usage_summary(query: SummaryQuery) -> tuple[str, list[Any]]:
     keys in the order given, then by unit.
     """
     params: list[Any] = [query.limit, query.offset]
-    conditions: list[str] = []
-    for item in query.filters:
-        if item.field not in _SUMMARY_FILTERS:
-            raise ValueError(f"{item.field!r} cannot be filtered on")
-        kind, column = _SUMMARY_FILTERS[item.field]
-        if item.op not in SUMMARY_FILTER_OPS[kind]:
-            raise ValueError(f"{item.field!r} cannot be filtered with {item.op}")
-        params.append(list(item.value) if isinstance(item.value, tuple) else item.value)
-        conditions.append(
-            _CONDITIONS[item.op].format(
-                column=column, n=len(params), array=_ARRAY_TYPES.get(kind, "")
-            )
-        )
+    conditions = [
+        filter_condition(item.field, item.op, item.value, _SUMMARY_CONDITIONS, params)
+        for item in query.filters
+    ]
     if len(set(query.group_by)) != len(query.group_by):
         raise ValueError("a group key is named twice")
     for key in query.group_by:
@@ -138,7 +89,7 @@ def compose_usage_summary(query: SummaryQuery) -> tuple[str, list[Any]]:
     names = [f'"{key}"' for key in query.group_by]
     sql = (
         QUERIES["summarize_usages"]
-        .replace("/*where*/", "".join(f"\n      AND {c}" for c in conditions))
+        .replace("/*where*/", and_all(conditions, "      "))
         .replace(
             "/*group columns*/",
             "".join(

@@ -13,6 +13,7 @@ from usage_ingest.api.errors import ApiError, ApiErrorCode, not_found, read_only
 from usage_ingest.api.guard import JSON_MEDIA_TYPE, GuardedRoute
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.limits import MAX_PAGE, MAX_PAGE_SIZE, MAX_PATCH_OPERATIONS
+from usage_ingest.api.list_response import page_response, total_count_header
 from usage_ingest.api.openapi import error_responses
 from usage_ingest.api.patch import PATCH_MEDIA_TYPE, PatchOperation, apply_patch
 from usage_ingest.api.query import parse_list_query
@@ -77,12 +78,7 @@ async def create_inventory(body: UsageProductInventoryInput, store: StoreDep) ->
     responses={
         200: {
             "description": "One page of records, with only the `fields` asked for.",
-            "headers": {
-                "X-Total-Count": {
-                    "description": "The number of records matching the filters.",
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            },
+            "headers": total_count_header("The number of records matching the filters."),
             "content": {
                 JSON_MEDIA_TYPE: {
                     "schema": {
@@ -156,9 +152,7 @@ async def list_inventories(
         },
     )
     total, records = await store.list_inventories(query)
-    if projection is not None:
-        records = [{name: record[name] for name in projection} for record in records]
-    return JSONResponse(records, headers={"X-Total-Count": str(total)})
+    return page_response(records, total, projection)
 
 
 @router.get(

@@ -10,6 +10,7 @@ from usage_ingest.api.deps import StoreDep
 from usage_ingest.api.guard import GuardedRoute
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.limits import MAX_PAGE, MAX_PAGE_SIZE
+from usage_ingest.api.list_response import page_response, total_count_header
 from usage_ingest.api.openapi import error_responses
 from usage_ingest.api.rejection_query import parse_rejection_query
 from usage_ingest.api.rejection_schemas import UsageRejectionFields
@@ -30,12 +31,7 @@ _INSTANT_FILTER = (
         200: {
             "model": list[UsageRejectionFields],
             "description": "One page of refusals, with only the `fields` asked for.",
-            "headers": {
-                "X-Total-Count": {
-                    "description": "The number of refusals matching the filters.",
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            },
+            "headers": total_count_header("The number of refusals matching the filters."),
         },
         **error_responses(400, 401, 403, 503),
     },
@@ -95,6 +91,4 @@ async def list_usage_rejections(
         },
     )
     total, rejections = await store.list_rejections(query)
-    if projection is not None:
-        rejections = [{name: item[name] for name in projection} for item in rejections]
-    return JSONResponse(rejections, headers={"X-Total-Count": str(total)})
+    return page_response(rejections, total, projection)

@@ -10,6 +10,7 @@ from usage_ingest.api.deps import StoreDep
 from usage_ingest.api.guard import GuardedRoute
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.limits import MAX_PAGE, MAX_PAGE_SIZE
+from usage_ingest.api.list_response import page_response, total_count_header
 from usage_ingest.api.openapi import error_responses
 from usage_ingest.api.schemas import UsageSummary
 from usage_ingest.api.security import SECURED, needs
@@ -30,12 +31,7 @@ _INSTANT_FILTER = (
     responses={
         200: {
             "description": "One page of groups, sorted by the group keys, then unit.",
-            "headers": {
-                "X-Total-Count": {
-                    "description": "The number of groups matching the filters.",
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            },
+            "headers": total_count_header("The number of groups matching the filters."),
         },
         **error_responses(400, 401, 403, 503),
     },
@@ -103,4 +99,4 @@ async def summarize_usages(
         },
     )
     total, items = await store.summarize_usages(query)
-    return JSONResponse(items, headers={"X-Total-Count": str(total)})
+    return page_response(items, total)

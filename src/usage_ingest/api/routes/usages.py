@@ -22,6 +22,7 @@ from usage_ingest.api.errors import ApiError, ApiErrorItem, not_found
 from usage_ingest.api.guard import JSON_MEDIA_TYPE, GuardedRoute
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.limits import MAX_PAGE, MAX_PAGE_SIZE
+from usage_ingest.api.list_response import TOTAL_HEADER, page_response
 from usage_ingest.api.openapi import error_responses
 from usage_ingest.api.publisher import publish_acknowledged
 from usage_ingest.api.schemas import Usage, UsageBatchQueued, UsageQueued
@@ -206,11 +207,9 @@ async def list_usages(
             return Response(
                 csv_text(first.lines, header=True),
                 media_type=CSV_CONTENT_TYPE,
-                headers={"X-Total-Count": str(total)},
+                headers={TOTAL_HEADER: str(total)},
             )
         return StreamingResponse(stream_csv(store, query, first), media_type=CSV_CONTENT_TYPE)
     total, found = await store.list_usages(query)
     records = [Usage.from_stored(usage).as_json() for usage in found]
-    if projection is not None:
-        records = [{name: record[name] for name in projection} for record in records]
-    return JSONResponse(records, headers={"X-Total-Count": str(total)})
+    return page_response(records, total, projection)
