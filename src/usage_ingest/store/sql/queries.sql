@@ -428,7 +428,7 @@ SELECT
     ),
     r.retryable, r.source_topic, r.source_partition, r.source_offset,
     timestamptz 'epoch' + r.timestamp_ms * interval '1 millisecond',
-    $9::timestamptz, r.replay_count
+    $9::text::timestamptz, r.replay_count
 FROM (
     SELECT u.external_reference, u.errors::jsonb AS errors, u.retryable, u.source_topic,
         u.source_partition, u.source_offset, u.timestamp_ms, u.replay_count
