@@ -5,16 +5,41 @@ in-memory fakes of them. Importing this loads no driver."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.records import (
+    InputRecord,
+    OutputRecord,
+    Partition,
+    RejectionRow,
+    StoredUsage,
+    UsageRow,
+)
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot
+
+
+class BatchWritePort(Protocol):
+    """One batch's writes, all in one database transaction (SPEC.md §6, §7)."""
+
+    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+        """Insert the rows whose external reference is new; per reference, the row that
+        holds it now. If the database refuses a value (`StoreRefusedData`), only this
+        call's writes are undone: the batch may go on with other rows."""
+        ...
+
+    async def store_rejections(self, rows: Sequence[RejectionRow], failed_at: str) -> None:
+        """Keep the refusals; a source record already kept adds no second row."""
+        ...
 
 
 class StorePort(Protocol):
     async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot: ...
 
-    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]: ...
+    def batch(self) -> AbstractAsyncContextManager[BatchWritePort]:
+        """A transaction for one batch's writes: committed when the block ends normally,
+        rolled back when it raises."""
+        ...
 
 
 class ConsumerPort(Protocol):

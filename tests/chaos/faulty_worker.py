@@ -6,7 +6,8 @@ crash must land at an exact step of the commit protocol (SPEC.md §6). With
 no cleanup, no goodbye to the group, sockets closed by the kernel) the n-th time it
 reaches <point>:
 
-* `store-committed`: a batch's usages were committed to Postgres; no outcome sent yet.
+* `store-committed`: a batch's usages and refusals were committed to Postgres; no
+  outcome sent yet.
 * `outcomes-in-flight`: every outcome and dead letter of a batch was handed to the
   producer, some may be on the wire; none is acknowledged.
 * `before-offset-commit`: the database committed and the broker acknowledged every
@@ -18,16 +19,18 @@ Everything else is the real worker, started through the real command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from usage_ingest import cli
-from usage_ingest.domain.records import OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.records import OutputRecord, Partition
 from usage_ingest.kafka.consumer import EventConsumer
 from usage_ingest.kafka.producer import OutputProducer
+from usage_ingest.store.batches import BatchWrite
 from usage_ingest.store.store import Store
 
 KILLED = 137  # the exit status of a process killed by SIGKILL, as a shell reports it
@@ -51,15 +54,17 @@ def _die() -> None:
 def install(point: str, n: int) -> None:
     countdown = _Countdown(n)
     if point == "store-committed":
-        real_store = Store.store_usages
+        real_batch = Store.batch
 
-        async def store_usages(self: Store, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
-            stored = await real_store(self, rows)
+        @contextlib.asynccontextmanager
+        async def batch(self: Store) -> AsyncIterator[BatchWrite]:
+            async with real_batch(self) as writes:
+                yield writes
+            # The transaction of the batch's usages and refusals has committed.
             if countdown.reached():
                 _die()
-            return stored
 
-        Store.store_usages = store_usages  # type: ignore[method-assign]
+        Store.batch = batch  # type: ignore[method-assign]
     elif point == "outcomes-in-flight":
         real_publish = OutputProducer.publish
 

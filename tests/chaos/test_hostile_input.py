@@ -11,12 +11,13 @@ record never crashes or stalls the worker, and its memory stays bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -34,7 +35,7 @@ from tests.support.settings import INPUT_PARTITIONS
 from tests.support.strategies import draw_many, hostile_records, hypothesis_settings
 from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
 from usage_ingest.domain.messages import IDENT_PATTERN
-from usage_ingest.domain.records import InputRecord, StoredUsage, UsageRow
+from usage_ingest.domain.records import InputRecord, RejectionRow, StoredUsage, UsageRow
 from usage_ingest.domain.resolution import (
     Contract,
     Inventory,
@@ -73,6 +74,18 @@ class DemoStore:
 
     async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot:
         return self.snapshot
+
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[DemoStore]:
+        yield self
+
+    async def store_rejections(self, rows: Sequence[RejectionRow], failed_at: str) -> None:
+        """Every refusal, however hostile the record, is one Postgres can keep."""
+        for row in rows:
+            assert_storable(row.errors)
+            assert_storable(json.dumps(json.loads(row.errors), ensure_ascii=False))
+            if row.external_reference is not None:
+                assert_storable(row.external_reference)
 
     async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
         return {

@@ -38,12 +38,13 @@ from tests.support.waiting import eventually
 from tests.support.worker import RunningWorker
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.dev.postgres import EmbeddedPostgres
-from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot
 from usage_ingest.errors import DependencyUnavailable
 from usage_ingest.kafka.connection import connection_options
 from usage_ingest.kafka.consumer import EventConsumer
 from usage_ingest.kafka.producer import OutputProducer
+from usage_ingest.ports import BatchWritePort
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store, open_store
 from usage_ingest.worker import runtime as bootstrap
@@ -397,9 +398,11 @@ class ObservedStore:
             self.unavailable += 1
             raise
 
-    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[BatchWritePort]:
         try:
-            return await self.inner.store_usages(rows)
+            async with self.inner.batch() as batch:
+                yield batch
         except DependencyUnavailable:
             self.unavailable += 1
             raise
@@ -732,13 +735,15 @@ class StuckStore(ObservedStore):
         self.stuck = asyncio.Event()
         self.writers: list[asyncio.Task[Any]] = []
 
-    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+    @contextlib.asynccontextmanager
+    async def batch(self) -> AsyncIterator[BatchWritePort]:
         writer = asyncio.current_task()
         assert writer is not None
         self.writers.append(writer)
         self.stuck.set()
         await asyncio.Event().wait()
-        return await super().store_usages(rows)
+        async with super().batch() as batch:
+            yield batch
 
 
 async def test_crashed_worker_leaves_no_batch_running(

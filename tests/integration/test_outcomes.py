@@ -496,6 +496,7 @@ class Run:
     rows_after_phase_one: dict[str, dict[str, Any]]
     rows: dict[str, dict[str, Any]]
     big_quantity: dict[str, Any]
+    rejections: list[dict[str, Any]]  # usage_rejections, every row
 
     def outcome_of(self, case_id: str) -> Read:
         found = self.outcomes[self.sent[case_id].source]
@@ -567,6 +568,7 @@ async def run(kafka_bootstrap: str, postgres_admin_url: str) -> Run:
             " FROM usages WHERE external_reference = 'cr-full'",
             BIG_QUANTITY,
         )
+        rejections = [dict(r) for r in await db.fetch("SELECT * FROM usage_rejections")]
     finally:
         if worker.task is not None and not worker.task.done():
             await worker.crash()
@@ -582,6 +584,7 @@ async def run(kafka_bootstrap: str, postgres_admin_url: str) -> Run:
         rows_after_phase_one,
         rows,
         dict(big_quantity) if big_quantity else {},
+        rejections,
     )
 
 
@@ -693,6 +696,49 @@ def test_replayed_record_keeps_its_count_and_loses_stale_headers(run: Run) -> No
     assert len(letter.header(H_FAILED_AT)) == 1
     assert letter.header("origin") == ["rp-1"]
     assert letter.header("after") == ["kept"]
+
+
+# --- the refusals kept in Postgres (SPEC.md §7) ----------------------------------------
+
+
+def test_every_refused_record_is_kept_once_and_no_accepted_one(run: Run) -> None:
+    kept = sorted(
+        (r["source_topic"], r["source_partition"], r["source_offset"]) for r in run.rejections
+    )
+    expected = sorted((run.settings.topic_events, *run.sent[c].source) for c in REJECTED_CASES)
+    assert kept == expected
+
+
+@pytest.mark.parametrize("case_id", REJECTED_CASES)
+def test_a_kept_refusal_is_what_its_outcome_and_dead_letter_say(run: Run, case_id: str) -> None:
+    outcome = run.outcome_of(case_id).outcome()
+    [letter] = run.dead_letters_of(case_id)
+    [row] = [
+        r
+        for r in run.rejections
+        if (r["source_partition"], r["source_offset"]) == run.sent[case_id].source
+    ]
+    assert row["external_reference"] == outcome["externalReference"]
+    assert json.loads(row["errors"]) == outcome["errors"]
+    assert row["codes"] == [e["code"] for e in outcome["errors"]]
+    assert list(CASES[case_id].codes) == row["codes"]
+    assert row["retryable"] is outcome["retryable"]
+    assert row["source_topic"] == run.settings.topic_events
+    assert row["source_timestamp"] == parse_instant(outcome["source"]["timestamp"])
+    assert row["failed_at"] == parse_instant(letter.header(H_FAILED_AT)[0])
+    assert str(row["replay_count"]) == letter.header(H_REPLAY_COUNT)[0]
+
+
+def test_a_replayed_refusal_keeps_its_replay_count(run: Run) -> None:
+    [row] = [r for r in run.rejections if r["external_reference"] == "rp-1"]
+    assert row["replay_count"] == 2
+
+
+def test_conflicts_decided_by_storage_are_kept_too(run: Run) -> None:
+    conflicts = sorted(
+        r["source_offset"] for r in run.rejections if r["codes"] == ["EXTERNAL_REFERENCE_CONFLICT"]
+    )
+    assert conflicts == sorted(run.sent[c].offset for c in ("ib-conflict-second", "later-conflict"))
 
 
 # --- the usages table ----------------------------------------------------------------

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
-from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.records import (
+    InputRecord,
+    OutputRecord,
+    Partition,
+    RejectionRow,
+    StoredUsage,
+    UsageRow,
+)
 from usage_ingest.domain.resolution import (
     Contract,
     Inventory,
@@ -52,9 +60,11 @@ def record(value: bytes | None, offset: int = 0, partition: int = 0, **kw: Any) 
 
 
 class FakeStore:
-    """Reference data of one contract; usages kept in a dict like the unique index."""
+    """Reference data of one contract; usages kept in a dict like the unique index, and
+    refusals in one keyed by source like `usage_rejections`. Each batch's writes are
+    kept only when its `batch()` block ends normally, like a transaction."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: list[str] | None = None) -> None:
         self.snapshot = ReferenceSnapshot.build(
             operating_sites=["GB-LON"],
             products=[ProductItem(1, "voice.uk", "USAGE_BASED", "ACTIVE")],
@@ -62,25 +72,58 @@ class FakeStore:
             inventories=[Inventory(11, 100, 1, date(2026, 1, 1), None, True)],
         )
         self.rows: dict[str, tuple[int, UsageRow]] = {}
-        self.failures_left = 0
+        self.rejections: dict[tuple[str, int, int], tuple[str, RejectionRow]] = {}
+        self.failures_left = 0  # transactions that fail as they begin: the database is down
+        self.rejection_failures_left = 0  # ... that fail at their refusals, usages written
         self.refused_references: set[str] = set()
-        self.calls = 0
+        self.calls = 0  # transactions begun
+        self.committed: list[FakeBatch] = []
+        # What it committed, in order: pass a `FakeConsumer`'s events to see it among
+        # the publishing and the offset commits.
+        self.events = events if events is not None else []
 
     async def fetch_reference(self, keys: ReferenceKeys) -> ReferenceSnapshot:
         return self.snapshot
 
-    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[FakeBatch]:
         self.calls += 1
         if self.failures_left:
             self.failures_left -= 1
             raise StoreUnavailable("database is down")
-        if any(r.external_reference in self.refused_references for r in rows):
+        batch = FakeBatch(self)
+        yield batch
+        for reference, held in batch.rows.items():
+            self.rows.setdefault(reference, held)
+        for source, kept in batch.rejections.items():
+            self.rejections.setdefault(source, kept)
+        self.committed.append(batch)
+        self.events.append(f"stored {len(batch.rows)} usages, {len(batch.rejections)} rejections")
+
+
+class FakeBatch:
+    """The writes of one batch, visible to the store once the batch ends normally."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        self.rows: dict[str, tuple[int, UsageRow]] = {}
+        self.rejections: dict[tuple[str, int, int], tuple[str, RejectionRow]] = {}
+        self.usage_calls: list[list[UsageRow]] = []
+        self.rejection_calls: list[list[RejectionRow]] = []
+
+    async def store_usages(self, rows: Sequence[UsageRow]) -> dict[str, StoredUsage]:
+        self.usage_calls.append(list(rows))
+        if any(r.external_reference in self.store.refused_references for r in rows):
             raise StoreRefusedData("value out of range")
         result = {}
         for row in rows:
-            if row.external_reference not in self.rows:
-                self.rows[row.external_reference] = (len(self.rows) + 1, row)
-            usage_id, held = self.rows[row.external_reference]
+            held_before = self.store.rows.get(row.external_reference)
+            if held_before is None and row.external_reference not in self.rows:
+                self.rows[row.external_reference] = (
+                    len(self.store.rows) + len(self.rows) + 1,
+                    row,
+                )
+            usage_id, held = held_before or self.rows[row.external_reference]
             result[row.external_reference] = StoredUsage(
                 usage_id,
                 held is row,
@@ -90,6 +133,16 @@ class FakeStore:
                 held.source_offset,
             )
         return result
+
+    async def store_rejections(self, rows: Sequence[RejectionRow], failed_at: str) -> None:
+        self.rejection_calls.append(list(rows))
+        if self.store.rejection_failures_left:
+            self.store.rejection_failures_left -= 1
+            raise StoreUnavailable("connection lost")
+        for row in rows:
+            source = (row.source_topic, row.source_partition, row.source_offset)
+            if source not in self.store.rejections:
+                self.rejections.setdefault(source, (failed_at, row))
 
 
 class FakeConsumer:

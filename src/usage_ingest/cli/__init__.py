@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from usage_ingest.cli import api, dev, generated, lag, reference, replay, worker
+from usage_ingest.cli import api, dev, generated, lag, reference, rejections, replay, worker
 from usage_ingest.cli.common import Commands
 
 
@@ -27,6 +27,7 @@ for command in (
     api.api_key,
     reference.reference,
     replay.replay,
+    rejections.rejections,
     lag.lag,
     dev.dev,
     dev.produce,

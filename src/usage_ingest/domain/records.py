@@ -1,6 +1,6 @@
 """The records that pass through the worker: what is read from Kafka, what is written
-to it, and what is stored per usage. Plain tuples, no behaviour: the adapters (`kafka`,
-`store`) build and take them, and everything between sees only these."""
+to it, and what is stored per usage and per refusal. Plain tuples, no behaviour: the
+adapters (`kafka`, `store`) build and take them, and everything between sees only these."""
 
 from __future__ import annotations
 
@@ -68,3 +68,16 @@ class StoredUsage(NamedTuple):  # one per stored record: a tuple is built in C
     source_topic: str
     source_partition: int
     source_offset: int
+
+
+class RejectionRow(NamedTuple):
+    """One refused source record to keep in `usage_rejections` (SPEC.md §7)."""
+
+    external_reference: str | None
+    errors: str  # JSON array of {"code", "field", "message"}, as on the outcome
+    retryable: bool
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    source_timestamp_ms: int | None  # None when the record has no timestamp
+    replay_count: int

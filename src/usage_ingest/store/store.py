@@ -7,12 +7,14 @@ from contextlib import asynccontextmanager
 
 from usage_ingest.settings import Settings
 from usage_ingest.store.api_keys import ApiKeyStore
+from usage_ingest.store.batches import BatchStore
 from usage_ingest.store.contracts import ContractStore
 from usage_ingest.store.inventories import InventoryStore
 from usage_ingest.store.migrations import MigrationStore
 from usage_ingest.store.product_items import ProductItemStore
 from usage_ingest.store.reference import ReferenceStore
 from usage_ingest.store.rejection_list import RejectionListStore
+from usage_ingest.store.rejections import RejectionStore
 from usage_ingest.store.usage_list import UsageListStore
 from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
@@ -23,6 +25,8 @@ class Store(
     UsageStore,
     UsageListStore,
     UsageSummaryStore,
+    BatchStore,
+    RejectionStore,
     ReferenceStore,
     InventoryStore,
     ProductItemStore,
@@ -30,7 +34,7 @@ class Store(
     ApiKeyStore,
     RejectionListStore,
 ):
-    """Usages and reference data in Postgres.
+    """Usages, refusals and reference data in Postgres.
 
     Each base class is one concern's queries on the pool `PooledStore` opens; the store
     is their sum and adds nothing of its own."""

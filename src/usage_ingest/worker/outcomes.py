@@ -1,18 +1,28 @@
-"""Each record's verdict, and what it yields: the usage row to store and the outcome
-message (SPEC.md §5) that reports it.
+"""Each record's verdict, and what it yields: the row to store and the outcome message
+(SPEC.md §5) that reports it.
 
 `Verdict` is what the batch loop knows about one record while its batch is decided;
-`usage_row` is what a resolved record stores, and `outcome_record` the message
-published on the accepted or the rejected topic once the batch is stored.
+`usage_row` is what a resolved record stores, `rejection_row` what a refused one
+stores (§7), and `outcome_record` the message published on the accepted or the
+rejected topic once the batch is stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
+from usage_ingest.domain.dead_letters import replay_count
 from usage_ingest.domain.messages import OutcomeError
 from usage_ingest.domain.outcomes import CREATED, DUPLICATE, REJECTED, Status, outcome_json, source
-from usage_ingest.domain.records import InputRecord, OutputRecord, StoredUsage, UsageRow
+from usage_ingest.domain.records import (
+    InputRecord,
+    OutputRecord,
+    RejectionRow,
+    StoredUsage,
+    UsageRow,
+)
 from usage_ingest.domain.resolution import Resolution
 from usage_ingest.domain.validation import InvalidEvent, ValidEvent, json_text, unit_quantities_json
 from usage_ingest.settings import Settings
@@ -126,3 +136,49 @@ def usage_row(record: InputRecord, checked: ValidEvent, resolution: Resolution) 
         source_partition=record.partition,
         source_offset=record.offset,
     )
+
+
+def rejection_row(verdict: Verdict) -> RejectionRow:
+    """What a refused record keeps in `usage_rejections` (§7): its errors as on the
+    outcome, where it came from, and its replay count as on its dead letter."""
+    record, errors = verdict.record, verdict.errors
+    return RejectionRow(
+        external_reference=verdict.reference,
+        errors=_errors_json(errors),
+        retryable=all(e.code.retryable for e in errors),
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        source_timestamp_ms=record.timestamp_ms if record.timestamp_ms >= 0 else None,
+        replay_count=replay_count(record.headers),
+    )
+
+
+class _StoredError(msgspec.Struct, frozen=True, gc=False):
+    code: str
+    field: str | None
+    message: str
+
+
+_ERRORS_ENCODER = msgspec.json.Encoder()
+
+
+def _errors_json(errors: tuple[OutcomeError, ...]) -> str:
+    """The errors as the outcome writes them, as JSON text Postgres accepts."""
+    items = [
+        _StoredError(
+            e.code.value, None if e.field is None else _storable(e.field), _storable(e.message)
+        )
+        for e in errors
+    ]
+    return _ERRORS_ENCODER.encode(items).decode()
+
+
+def _storable(text: str) -> str:
+    """`text`, or, where Postgres could not store it (a NUL character, an unpaired
+    surrogate), with those characters replaced: a refusal must always be keepable."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text

@@ -4,7 +4,8 @@ The commit protocol (SPEC.md §6) lives here, in `Pipeline._process`:
 
 1. every record of the batch gets its verdict (validation, then resolution
    against reference data fetched once for the batch);
-2. accepted usages are written in one statement; the database has committed;
+2. accepted usages are written in one statement, and every refusal in another, in
+   one transaction (`worker.storing`); the database has committed;
 3. every outcome and dead letter is published and acknowledged by the broker;
 4. only then are the offsets committed.
 
@@ -37,20 +38,21 @@ import structlog
 from usage_ingest.domain.dead_letters import dead_letter_record
 from usage_ingest.domain.messages import OutcomeError
 from usage_ingest.domain.outcomes import Status
-from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, StoredUsage, UsageRow
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.domain.validation import (
     InvalidEvent,
     ValidEvent,
     validate_record,
 )
-from usage_ingest.errors import BatchAbandoned, CommitRefused, ErrorCode, StoreRefusedData
+from usage_ingest.errors import BatchAbandoned, CommitRefused, ErrorCode
 from usage_ingest.ports import ConsumerPort, ProducerPort, StorePort
 from usage_ingest.settings import Settings
 from usage_ingest.times import format_utc_millis, utc_now
 from usage_ingest.worker.metrics import Counters, MinuteSummary, WorkerMetrics
 from usage_ingest.worker.outcomes import Verdict, outcome_record, usage_row
 from usage_ingest.worker.retry import Backoff, Failure, publish_acknowledged, retry
+from usage_ingest.worker.storing import store_batch
 
 log = structlog.get_logger("usage_ingest.worker.pipeline")
 T = TypeVar("T")
@@ -261,13 +263,13 @@ class Pipeline:
     async def decide(
         self, records: Sequence[InputRecord]
     ) -> tuple[list[Verdict], list[OutputRecord]]:
-        """Steps 1 and 2 of the protocol: every record's outcome, usages stored."""
+        """Steps 1 and 2 of the protocol: every record's outcome; usages and refusals
+        stored, even when the batch has no usage (no outcome is published before)."""
         verdicts = [Verdict(r, self._validate(r)) for r in records]
         valid = [v for v in verdicts if isinstance(v.checked, ValidEvent)]
         if valid:
             await self._resolve(valid)
-            await self._store_resolved(valid)
-        now = format_utc_millis(self._clock())
+        now = await self._store_batch(verdicts)
         settings = self._settings
         outgoing = [outcome_record(v, now, settings) for v in verdicts]
         for verdict in verdicts:
@@ -320,57 +322,17 @@ class Pipeline:
                 verdict.resolution, verdict.row = None, None
                 verdict.refusal = (self._decision_failed(verdict.record, exc),)
 
-    async def _store_resolved(self, valid: list[Verdict]) -> None:
-        """Write the resolved usages; the first record of a reference in the batch
-        is the one written, later ones are compared with it like any re-delivery."""
-        first_rows: dict[str, UsageRow] = {}
-        for verdict in valid:
-            if verdict.row is not None:
-                first_rows.setdefault(verdict.row.external_reference, verdict.row)
-        if not first_rows:
-            return
+    async def _store_batch(self, verdicts: list[Verdict]) -> str:
+        """Step 2: the batch's usages and refusals in one transaction, retried whole
+        while the database is away; the instant the batch failed its refusals at."""
+
+        async def attempt() -> str:
+            now = format_utc_millis(self._clock())
+            await store_batch(self._store, verdicts, now)
+            return now
+
         with self.metrics.db_round_trip.labels("store_usages").time():
-            stored = await self._store_isolating(list(first_rows.values()))
-        for verdict in valid:
-            if verdict.row is None:
-                continue
-            held = stored.get(verdict.row.external_reference)
-            if isinstance(held, OutcomeError):
-                verdict.refusal = (held,)
-                verdict.row = None
-            elif held is not None and held.payload_hash != verdict.row.payload_hash:
-                verdict.refusal = (
-                    OutcomeError(
-                        code=ErrorCode.EXTERNAL_REFERENCE_CONFLICT,
-                        field="externalReference",
-                        message=f"usage {held.usage_id} already holds this externalReference "
-                        "with a different payload; it is left unchanged",
-                    ),
-                )
-                verdict.row = None
-            else:
-                verdict.stored = held
-
-    async def _store_isolating(self, rows: list[UsageRow]) -> dict[str, StoredUsage | OutcomeError]:
-        """Store the batch in one statement; if the database refuses a value, store
-        row by row to find the refused record, so it cannot block its partition."""
-        try:
-            return dict(await self.retrying("store_usages", lambda: self._store.store_usages(rows)))
-        except StoreRefusedData as exc:
-            log.warning("batch_refused_by_database", rows=len(rows), error=str(exc))
-        result: dict[str, StoredUsage | OutcomeError] = {}
-        for row in rows:
-            try:
-                result.update(await self._store_one(row))
-            except StoreRefusedData as exc:
-                result[row.external_reference] = OutcomeError(
-                    code=ErrorCode.SCHEMA_VIOLATION,
-                    message=f"the database refused the record: {exc}",
-                )
-        return result
-
-    async def _store_one(self, row: UsageRow) -> dict[str, StoredUsage]:
-        return await self.retrying("store_usage", lambda: self._store.store_usages([row]))
+            return await self.retrying("store_usages", attempt)
 
     async def _publish(self, outgoing: list[OutputRecord]) -> None:
         """Step 3: every outcome and dead letter acknowledged; retry only what failed."""

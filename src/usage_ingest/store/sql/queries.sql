@@ -504,3 +504,60 @@ SELECT
          FROM (SELECT * FROM groups ORDER BY /*order by*/ LIMIT $1 OFFSET $2) page),
         '[]'
     ) AS items;
+
+-- name: clear_usage_batch
+-- Empties the staging table inside a transaction: needed when one batch stores its
+-- usages in more than one call (a row at a time, to find the one the database refuses).
+DELETE FROM usage_batch;
+
+-- name: insert_rejection_batch
+-- Every refusal of one batch in one statement (SPEC.md §7), in the batch's transaction;
+-- a source record kept before (a re-delivery) adds no second row. The codes are read
+-- from the errors themselves, in their order.
+-- $1 external references, $2 errors (JSON arrays as text), $3 retryable, $4 topics,
+-- $5 partitions, $6 offsets, $7 record timestamps (milliseconds since the epoch, NULL
+-- for none), $8 replay counts, $9 failed_at (RFC 3339, one instant for the batch).
+INSERT INTO usage_rejections (
+    external_reference, errors, codes, retryable, source_topic, source_partition,
+    source_offset, source_timestamp, failed_at, replay_count
+)
+SELECT
+    r.external_reference, r.errors,
+    ARRAY(
+        SELECT e.value ->> 'code'
+        FROM jsonb_array_elements(r.errors) WITH ORDINALITY AS e(value, n)
+        ORDER BY e.n
+    ),
+    r.retryable, r.source_topic, r.source_partition, r.source_offset,
+    timestamptz 'epoch' + r.timestamp_ms * interval '1 millisecond',
+    $9::text::timestamptz, r.replay_count
+FROM (
+    SELECT u.external_reference, u.errors::jsonb AS errors, u.retryable, u.source_topic,
+        u.source_partition, u.source_offset, u.timestamp_ms, u.replay_count
+    FROM unnest(
+        $1::text[], $2::text[], $3::boolean[], $4::text[], $5::integer[], $6::bigint[],
+        $7::bigint[], $8::integer[]
+    ) AS u(
+        external_reference, errors, retryable, source_topic, source_partition,
+        source_offset, timestamp_ms, replay_count
+    )
+) r
+ORDER BY r.source_topic, r.source_partition, r.source_offset
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING;
+
+-- name: count_rejections_failed_before
+-- `usage-ingest rejections prune --dry-run`: how many refusals failed before $1.
+SELECT count(*) FROM usage_rejections WHERE failed_at < $1::timestamptz;
+
+-- name: delete_rejections_failed_before
+-- `usage-ingest rejections prune`: at most $2 of the refusals that failed before $1,
+-- oldest first, so that a large prune is many short transactions; returns how many.
+WITH doomed AS (
+    SELECT id FROM usage_rejections
+    WHERE failed_at < $1::timestamptz
+    ORDER BY failed_at, id
+    LIMIT $2
+), deleted AS (
+    DELETE FROM usage_rejections r USING doomed d WHERE r.id = d.id RETURNING 1
+)
+SELECT count(*) FROM deleted;
