@@ -34,12 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.support.api import add_key
 from tests.support.database import DEMO_REFERENCE, create_database
 from tests.support.settings import make_settings
 from tests.support.worker import RunningWorker
+from usage_ingest.api.app import create_app
+from usage_ingest.api.keys import Permission
 from usage_ingest.domain.records import InputRecord, Partition
 from usage_ingest.domain.reference import ReferenceFile, read_reference_file
 from usage_ingest.kafka.admin import ensure_topics
@@ -47,7 +51,7 @@ from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.kafka.replay_reader import ReplayReader
 from usage_ingest.replay.run import ReplayPlan, ReplaySummary, replay
 from usage_ingest.settings import Settings
-from usage_ingest.store.store import open_store
+from usage_ingest.store.store import Store, open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -687,5 +691,52 @@ async def test_a_crash_between_publish_and_commit_resends_only_the_tail(
     rows = await world.rows()
     assert sorted(rows) == sorted(d.reference for d in dead)
     assert await group_offsets(settings, world.default_replay_group, settings.topic_dlq) == {0: 5}
+    assert world.worker is not None
+    await world.worker.stop()
+
+
+async def rejections_via_api(world: World, **params: str) -> list[dict[str, Any]]:
+    """`GET /usage-rejections` of the world's database, through the real app."""
+    store = await Store.open(world.database_url)
+    try:
+        key = await add_key(store, Permission.USAGE_READ, name="reader")
+        app = create_app(world.settings, store, None)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+            response = await client.get(
+                "/usage-rejections",
+                params={"page": "1", "pageSize": "100", **params},
+                headers={"X-API-KEY": key},
+            )
+        assert response.status_code == 200, response.text
+        return list(response.json())
+    finally:
+        await store.close()
+
+
+async def test_a_refusal_fixed_and_replayed_shows_resolved_by_its_usage(
+    kafka_bootstrap: str, postgres_admin_url: str, worlds: list[World]
+) -> None:
+    world = await open_world(kafka_bootstrap, postgres_admin_url, [late("fix-1")])
+    worlds.append(world)
+    settings = world.settings
+    [refused] = await world.topic(settings.topic_rejected, 1)
+    assert refused.outcome()["errors"][0]["code"] == "NO_INVENTORY"
+
+    [kept] = await rejections_via_api(world, externalReference="fix-1")
+    assert kept["errors"][0]["code"] == "NO_INVENTORY"
+    assert (kept["resolvedBy"], kept["replayCount"]) == (None, 0)
+    assert kept["source"]["offset"] == refused.outcome()["source"]["offset"]
+    assert [r["id"] for r in await rejections_via_api(world, resolved="false")] == [kept["id"]]
+
+    await world.load(LATE_INVENTORY)
+    result = await world.replay_json("--code", "NO_INVENTORY")
+    assert result["replayed"] == 1
+    [accepted] = await world.topic(settings.topic_accepted, 1)
+    usage_id = accepted.outcome()["usageId"]
+
+    [resolved] = await rejections_via_api(world, externalReference="fix-1")
+    assert (resolved["id"], resolved["resolvedBy"]) == (kept["id"], usage_id)
+    assert await rejections_via_api(world, resolved="false") == []
     assert world.worker is not None
     await world.worker.stop()
