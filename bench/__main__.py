@@ -4,7 +4,8 @@ In one run, on an embedded broker and PostgreSQL started for it, with a fixed se
 real worker draining a preloaded backlog, the physical limits measured on the same machine
 in the same run (raw storage of the same rows, raw aiokafka consume of the same topic), a
 naive one-record-at-a-time worker, latency at a fixed offered load, memory under a small
-and a large backlog, and two workers against one. Prints a table and writes it as JSON.
+and a large backlog, two workers against one, and the API's read side over 1M stored
+usages. Prints a table and writes it as JSON.
 
 Linux only: CPU and memory are read from /proc.
 """

@@ -45,10 +45,25 @@ from bench.measurements import (
 )
 from bench.naive import NaiveResult
 from bench.profile import summarise
+from bench.readside import (
+    PAGE_SIZE,
+    READ_CONTRACTS,
+    ReadSideResult,
+    measure_readside,
+    median,
+)
 from bench.report import MIB, Row
 from bench.workload import EventStream, build_reference
 
-MEASUREMENTS: Final = ("limit", "pipeline", "two-workers", "naive", "latency", "memory")
+MEASUREMENTS: Final = (
+    "limit",
+    "pipeline",
+    "two-workers",
+    "naive",
+    "latency",
+    "memory",
+    "readside",
+)
 PROJECT: Final = Path(__file__).resolve().parents[1]
 
 # Targets of the issue, on this 2-core machine.
@@ -65,6 +80,12 @@ TARGET_MEMORY_BAND: Final = 0.2
 # (half a core at least); below that the verdict is "not decidable here".
 MIN_HEADROOM_CORES: Final = 0.5
 _MEMORY_RUNS: Final = 2  # the small and the large backlog
+# The read side (SPEC-API.md), over 1M stored usages.
+TARGET_PAGE_P99_MS: Final = 50.0  # one page of GET /usages, one contract and month
+TARGET_SUMMARY_DAY_MS: Final = 200.0  # one contract-month by day
+TARGET_SUMMARY_ALL_S: Final = 3.0  # every contract of a month, by contract
+TARGET_CSV_LINES_PER_S: Final = 50_000.0  # the CSV export of one month
+TARGET_CSV_RSS_GROWTH_MIB: Final = 50.0  # the API's RSS while it streams
 
 _err = Console(stderr=True, highlight=False, width=160)
 
@@ -102,6 +123,7 @@ class Results:
     naive: NaiveResult | None = None
     latency: LatencyResult | None = None
     memory: list[MemoryRun] = field(default_factory=list)
+    readside: ReadSideResult | None = None
     checks: list[Check] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
@@ -314,6 +336,24 @@ async def _measure(  # noqa: PLR0915 - the run, step by step
                 for run in results.memory
             )
         )
+    await _measure_readside(env, selected, results, clock)
+
+
+async def _measure_readside(
+    env: BenchEnvironment, selected: set[str], results: Results, clock: _Clock
+) -> None:
+    """The API's read side over a large table (bench/readside.py)."""
+    if "readside" not in selected:
+        return
+    with clock.step("readside", results.timings):
+        results.readside, checks = await measure_readside(env, progress=clock.say)
+    results.checks += checks
+    r = results.readside
+    clock.say(
+        f"read side: page p99 {percentile(r.page_ms, 99):.1f} ms, summaries "
+        f"{median(r.summary_day_ms):.0f} / {median(r.summary_all_ms):.0f} ms, CSV "
+        f"{r.csv.per_second:,.0f} lines/s, RSS +{r.csv.rss_growth_bytes / MIB:.1f} MiB"
+    )
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -418,6 +458,7 @@ def table_rows(results: Results) -> list[Row]:
         *_latency_rows(results),
         *_memory_rows(results, ratios),
         *_two_worker_rows(results, ratios),
+        *_readside_rows(results),
     ]
 
 
@@ -670,6 +711,64 @@ def _two_worker_rows(results: Results, ratios: dict[str, float | None]) -> list[
     return rows
 
 
+def _readside_rows(results: Results) -> list[Row]:
+    """The API's read side over the stored usages (SPEC-API.md, "The read side")."""
+    r = results.readside
+    if r is None:
+        return []
+    table = f"{r.usages:,} usages, {READ_CONTRACTS} contracts"
+    p99 = percentile(r.page_ms, 99)
+    day = median(r.summary_day_ms)
+    every = median(r.summary_all_ms) / 1000
+    csv = r.csv
+    growth = csv.rss_growth_bytes / MIB
+    return [
+        Row(
+            f"read: GET /usages page of {PAGE_SIZE}, p99",
+            p99,
+            "ms",
+            f"<= {TARGET_PAGE_P99_MS:g}",
+            p99 <= TARGET_PAGE_P99_MS,
+            f"one contract and month, {len(r.page_ms)} contracts; p50 "
+            f"{percentile(r.page_ms, 50):.1f} ms, max {max(r.page_ms):.1f} ms; {table}",
+        ),
+        Row(
+            "read: GET /usage-summaries, 1 contract-month by day",
+            day,
+            "ms",
+            f"<= {TARGET_SUMMARY_DAY_MS:g}",
+            day <= TARGET_SUMMARY_DAY_MS,
+            f"median of {len(r.summary_day_ms)}",
+        ),
+        Row(
+            "read: GET /usage-summaries, all contracts by contract, 1 month",
+            every,
+            "s",
+            f"<= {TARGET_SUMMARY_ALL_S:g}",
+            every <= TARGET_SUMMARY_ALL_S,
+            f"median of {len(r.summary_all_ms)}; {r.summary_all_groups:,} groups",
+        ),
+        Row(
+            "read: CSV export of 1 month",
+            csv.per_second,
+            "lines/s",
+            f">= {TARGET_CSV_LINES_PER_S:,.0f}",
+            csv.per_second >= TARGET_CSV_LINES_PER_S,
+            f"{csv.lines:,} lines in {csv.seconds:.1f} s, first byte after "
+            f"{1000 * csv.first_byte_s:.0f} ms; cores busy: {_cores_note(csv.cores)}",
+        ),
+        Row(
+            "read: API RSS growth during the CSV export",
+            growth,
+            "MiB",
+            f"< {TARGET_CSV_RSS_GROWTH_MIB:g}",
+            growth < TARGET_CSV_RSS_GROWTH_MIB,
+            f"peak {csv.rss_peak_bytes / MIB:.0f} MiB - {csv.rss_before_bytes / MIB:.0f} MiB "
+            f"before the request, {csv.samples:,} samples",
+        ),
+    ]
+
+
 def _batch_note(metrics: dict[str, Any]) -> str:
     """The worker's own /metrics: batches, their mean size and duration, DB round trips."""
     counts, means = metrics.get("histogramCounts", {}), metrics.get("histogramMeans", {})
@@ -724,6 +823,8 @@ def _results_json(results: Results) -> dict[str, Any]:
         out["latency"] = results.latency.as_json()
     if results.memory:
         out["memory"] = [run.as_json() for run in results.memory]
+    if results.readside is not None:
+        out["readSide"] = results.readside.as_json()
     return out
 
 
