@@ -12,6 +12,7 @@ import pytest
 from tests.support.api import ApiWorld, close_world, open_world
 from tests.support.database import create_database
 from usage_ingest.api.limits import MAX_PATCH_OPERATIONS
+from usage_ingest.store.store import open_store
 
 BUDGET_S = 0.5
 PATCH = {"Content-Type": "application/json-patch+json"}
@@ -76,3 +77,16 @@ async def test_a_patch_of_too_many_operations_is_refused(limited: ApiWorld) -> N
     [error] = response.json()["errors"]
     assert error["code"] == "SCHEMA_VIOLATION"
     assert f"at most {MAX_PATCH_OPERATIONS}" in error["message"], error
+
+
+async def test_the_api_plans_each_statement_for_its_values(limited: ApiWorld) -> None:
+    """The lists' selectivity is all in their values: a generic plan, which Postgres may
+    switch a prepared statement to after five runs, would ignore them."""
+    store = await open_store(limited.settings, custom_plans=True)
+    plain = await open_store(limited.settings)
+    try:
+        assert await store._pool.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+        assert await plain._pool.fetchval("SHOW plan_cache_mode") == "auto"
+    finally:
+        await store.close()
+        await plain.close()

@@ -31,7 +31,9 @@ def _listen(host: str, port: int) -> list[socket.socket]:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the API until `stop` is set; then finish the requests in flight and close."""
     sockets = _listen(settings.api_host, settings.api_port)
-    store = await open_store(settings, statement_budget_s=settings.api_statement_budget_s)
+    store = await open_store(
+        settings, statement_budget_s=settings.api_statement_budget_s, custom_plans=True
+    )
     producer = OnDemandProducer(settings)
     try:
         try:

@@ -40,13 +40,16 @@ class Store(
     is their sum and adds nothing of its own."""
 
 
-async def open_store(settings: Settings, *, statement_budget_s: float | None = None) -> Store:
+async def open_store(
+    settings: Settings, *, statement_budget_s: float | None = None, custom_plans: bool = False
+) -> Store:
     """The store of `settings`: its database, pool size and statement timeout."""
     return await Store.open(
         settings.require_database_url(),
         max_size=settings.db_pool_max_size,
         statement_timeout_s=settings.db_statement_timeout_s,
         statement_budget_s=statement_budget_s,
+        custom_plans=custom_plans,
     )
 
 
