@@ -456,13 +456,15 @@ async def measure_pipeline(
     worker_env: dict[str, str],
     timeout_s: float,
     profile: Path | None = None,
+    module: str | None = None,
 ) -> PipelineResult:
-    """The real worker (`workers` processes in one group) drains the preloaded backlog."""
+    """The real worker (`workers` processes in one group) drains the preloaded backlog;
+    with `module`, that variant of it (`bench.refusals_not_stored`)."""
     topics = dataclasses.replace(Topics.named(name, env.run), events=workload.topic)
     await env.create_output_topics(topics)
     url = await env.fresh_database(name)
     procs = [
-        WorkerProcess.for_topics(env, topics, url, f"{name}-{i}", worker_env)
+        WorkerProcess.for_topics(env, topics, url, f"{name}-{i}", worker_env, module=module)
         for i in range(workers)
     ]
     profiler: Profiler | None = None

@@ -58,6 +58,7 @@ from bench.workload import EventStream, build_reference
 MEASUREMENTS: Final = (
     "limit",
     "pipeline",
+    "refusals",
     "two-workers",
     "naive",
     "latency",
@@ -71,6 +72,7 @@ TARGET_VS_RAW_INSERT: Final = 0.6  # over the raw set-based insert (unnest, 5000
 TARGET_VS_COPY_UPSERT: Final = 0.4  # over COPY into a temp table + INSERT ... ON CONFLICT
 TARGET_WORKER_CPU_US: Final = 35.0  # the worker's CPU per event
 TARGET_VALIDATE_PER_S: Final = 100_000.0  # validate_record alone, one core
+TARGET_REFUSALS_KEPT: Final = 1.10  # worker CPU with refusals stored, over without
 RAW_INSERT: Final = "unnest_5000"
 COPY_UPSERT: Final = "copy_upsert"
 TARGET_VS_NAIVE: Final = 15.0
@@ -120,6 +122,7 @@ class Results:
     cpu_ceiling: CpuCeiling | None = None
     pipeline: PipelineResult | None = None
     two_workers: PipelineResult | None = None
+    without_refusals: PipelineResult | None = None  # bench.refusals_not_stored
     naive: NaiveResult | None = None
     latency: LatencyResult | None = None
     memory: list[MemoryRun] = field(default_factory=list)
@@ -204,7 +207,7 @@ async def _measure(  # noqa: PLR0915 - the run, step by step
     with clock.step("template", timings):
         await env.prepare_template(model.reference_file)
 
-    if selected & {"limit", "pipeline", "two-workers", "naive"}:
+    if selected & {"limit", "pipeline", "refusals", "two-workers", "naive"}:
         topics = Topics.named("workload", env.run)
         await env.create_topics(topics, opts.partitions)
         clock.say(f"preloading {opts.events:,} events on {opts.partitions} partitions")
@@ -265,6 +268,20 @@ async def _measure(  # noqa: PLR0915 - the run, step by step
                 summary = summarise(Path(results.pipeline.profile))
                 results.profile = summary.as_json()
                 clock.say("pipeline profile:\n" + "\n".join(summary.lines()))
+
+    if "refusals" in selected and workload is not None:
+        clock.say(f"refusals: the worker without keeping them drains {workload.records:,} events")
+        with clock.step("without_refusals", timings):
+            results.without_refusals = await measure_pipeline(
+                env,
+                workload,
+                name="norefusals",
+                workers=1,
+                worker_env=opts.worker_env,
+                timeout_s=timeout,
+                module="bench.refusals_not_stored",
+            )
+        results.checks += results.without_refusals.checks
 
     if "two-workers" in selected and workload is not None:
         clock.say(f"two workers: 2 processes in one group drain {workload.records:,} events")
@@ -455,6 +472,7 @@ def table_rows(results: Results) -> list[Row]:
         *_ceiling_rows(results),
         *_storage_ratio_rows(results, ratios),
         *_pipeline_ratio_rows(ratios),
+        *_refusal_rows(results),
         *_latency_rows(results),
         *_memory_rows(results, ratios),
         *_two_worker_rows(results, ratios),
@@ -609,6 +627,27 @@ def _pipeline_ratio_rows(ratios: dict[str, float | None]) -> list[Row]:
     if ratio is not None:
         rows.append(Row("pipeline / raw consume", ratio, "x", note="for reference"))
     return rows
+
+
+def _refusal_rows(results: Results) -> list[Row]:
+    """The worker's CPU with refusals kept in Postgres, over the same worker without."""
+    with_them, without = results.pipeline, results.without_refusals
+    if with_them is None or without is None:
+        return []
+    kept = with_them.drained.cpu_s_per_1k * 1000
+    not_kept = without.drained.cpu_s_per_1k * 1000
+    ratio = kept / not_kept if not_kept else math.nan
+    return [
+        Row(
+            "pipeline: worker CPU, refusals stored / not stored",
+            ratio,
+            "x",
+            f"<= {TARGET_REFUSALS_KEPT:g}",
+            ratio <= TARGET_REFUSALS_KEPT,
+            f"{kept:.1f} vs {not_kept:.1f} µs per event, the same backlog in this run "
+            "(without: bench.refusals_not_stored)",
+        )
+    ]
 
 
 def _latency_rows(results: Results) -> list[Row]:
@@ -817,6 +856,8 @@ def _results_json(results: Results) -> dict[str, Any]:
         out["pipeline"] = results.pipeline.as_json()
     if results.two_workers is not None:
         out["twoWorkers"] = results.two_workers.as_json()
+    if results.without_refusals is not None:
+        out["withoutRefusals"] = results.without_refusals.as_json()
     if results.naive is not None:
         out["naive"] = results.naive.as_json()
     if results.latency is not None:

@@ -34,8 +34,11 @@ POLL_S: Final = 0.1
 _STOP_GRACE_S: Final = 30.0
 
 
-def worker_executable() -> list[str]:
-    """`usage-ingest` next to this interpreter (the venv's), else `python -m usage_ingest.cli`."""
+def worker_executable(module: str | None = None) -> list[str]:
+    """`usage-ingest` next to this interpreter (the venv's), else `python -m usage_ingest.cli`;
+    with `module`, that module run as the command (a variant of the worker for a comparison)."""
+    if module is not None:
+        return [sys.executable, "-m", module]
     script = Path(sys.executable).parent / "usage-ingest"
     if script.exists():
         return [str(script)]
@@ -45,8 +48,11 @@ def worker_executable() -> list[str]:
 class WorkerProcess:
     """One `usage-ingest run` process."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, metrics_port: int) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, metrics_port: int, module: str | None = None
+    ) -> None:
         self._env = env
+        self._module = module
         self.log_path = log_path
         self.metrics_port = metrics_port
         self._proc: subprocess.Popen[bytes] | None = None
@@ -60,6 +66,8 @@ class WorkerProcess:
         database_url: str,
         log_name: str,
         extra_env: Mapping[str, str],
+        *,
+        module: str | None = None,
     ) -> WorkerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         port = free_port()
@@ -80,12 +88,12 @@ class WorkerProcess:
             }
         )
         env.update(extra_env)
-        return cls(env, environment.workdir / f"{log_name}.log", port)
+        return cls(env, environment.workdir / f"{log_name}.log", port, module)
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - our own executable, no shell
-                [*worker_executable(), "run"],
+                [*worker_executable(self._module), "run"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
