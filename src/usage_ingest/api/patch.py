@@ -2,6 +2,7 @@
 and applying them to a copy of the record within the bounds of `limits`."""
 
 import copy
+import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -139,7 +140,10 @@ def apply_patch(
 
 
 def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer past 64 bits, which JSON allows and orjson does not write
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _test_failure(document: Any, raw: dict[str, Any]) -> str:

@@ -250,6 +250,8 @@ def test_ordinary_product_references_are_taken(number: str) -> None:
     [
         ({"op": "test", "path": "/billable", "value": False}, "the value is true, not false"),
         ({"op": "test", "path": "/serviceId", "value": 5}, 'the value is "SVC", not 5'),
+        # Past 64 bits: valid JSON, which the message still writes as JSON.
+        ({"op": "test", "path": "/serviceId", "value": 2**70}, f'"SVC", not {2**70}'),
         ({"op": "test", "path": "/nothing", "value": 1}, "nothing is at '/nothing'"),
         ({"op": "test", "path": "/productReferences/-", "value": []}, "at '/productReferences/-'"),
         ({"op": "move", "from": "/nope", "path": "/a"}, "in the record: '/nope' or '/a'"),
