@@ -5,7 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit integration lint typecheck bench chaos clean
+.PHONY: run test unit integration lint typecheck bench chaos clean debian-packages
+
+# Debian packages the tests drive: Chromium (the console's browser tests, through
+# Playwright's Python package with no browser download) and promtool (the alert rules'
+# unit tests). Installed once, when one of their commands is missing.
+DEBIAN_PACKAGES := chromium chromium-driver prometheus
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
@@ -16,20 +21,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+debian-packages:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  && command -v promtool >/dev/null || { \
+	  echo "installing Debian's $(DEBIAN_PACKAGES) for the browser and alert-rule tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); }
+
 run: $(STAMP)  ## start the embedded broker and Postgres and run the worker on them
 	$(BIN)/usage-ingest dev
 
-test: $(STAMP)  ## the whole suite: lint, format, import contracts, types, every test
+test: $(STAMP) debian-packages  ## the whole suite: lint, format, import contracts, types, every test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-unit: $(STAMP)  ## no network, no processes: the code's unit tests and the repository's files
+unit: $(STAMP) debian-packages  ## no network, no processes: the code's unit tests and the repository's files
 	$(BIN)/pytest tests/unit tests/repo
 
-integration: $(STAMP)
+integration: $(STAMP) debian-packages
 	$(BIN)/pytest tests/integration
 
 chaos: $(STAMP)  ## crash, outage, rebalance and hostile-input scenarios; prints the figure table

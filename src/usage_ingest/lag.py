@@ -1,18 +1,27 @@
 """The consumer lag report of `usage-ingest lag`: offset lag and time lag per
 partition, totals per topic, the group's state, and the alert thresholds.
 
-Pure: builds and renders the report from positions the Kafka adapter read.
+`read_lag_report` asks the broker (through the Kafka adapter); the rest is pure: it
+builds and renders the report from the positions read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from rich.table import Table
 
-from usage_ingest.kafka.admin import GroupDescription, PartitionPosition
+from usage_ingest.kafka.admin import (
+    GroupDescription,
+    PartitionPosition,
+    describe_group,
+    read_positions,
+)
+from usage_ingest.settings import Settings
 
 
 # JSON members in the platform's camelCase; `_s` suffixes spelled out as Seconds.
@@ -110,6 +119,14 @@ def build_report(
         group.members,
         tuple(partition_lag(p, now_ms) for p in positions),
     )
+
+
+async def read_lag_report(settings: Settings, group_id: str, topics: list[str]) -> LagReport:
+    """The group's lag on `topics`, read from the broker now: no worker needs to run."""
+    group, positions = await asyncio.gather(
+        describe_group(settings, group_id), read_positions(settings, group_id, topics)
+    )
+    return build_report(group, positions, int(time.time() * 1000))
 
 
 def breaches(report: LagReport, max_lag: int | None, max_time_lag: float | None) -> list[str]:

@@ -18,7 +18,7 @@ from tests.support.broker import produce_values
 from tests.support.database import DEMO_REFERENCE
 from tests.support.settings import create_topics, make_settings
 from tests.support.worker import RunningWorker
-from usage_ingest.cli.lag import lag_report
+from usage_ingest.lag import read_lag_report
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.reference import read_reference_file
@@ -122,7 +122,7 @@ async def test_lag_metrics_and_readiness_as_operators_see_them(
 
         async def caught_up() -> bool:
             return (
-                await lag_report(settings, settings.group_id, [settings.topic_events])
+                await read_lag_report(settings, settings.group_id, [settings.topic_events])
             ).offset_lag == 0
 
         await wait_for(caught_up, 60, "the worker to catch up")
@@ -171,7 +171,7 @@ async def test_lag_of_a_group_that_committed_and_stopped(
 
     async def caught_up() -> bool:
         return (
-            await lag_report(settings, settings.group_id, [settings.topic_events])
+            await read_lag_report(settings, settings.group_id, [settings.topic_events])
         ).offset_lag == 0
 
     await wait_for(caught_up, 60, "the first event to be committed")
@@ -182,7 +182,7 @@ async def test_lag_of_a_group_that_committed_and_stopped(
         settings.topic_events,
         [event(f"late-{i}") for i in range(7)],
     )
-    report = await lag_report(settings, settings.group_id, [settings.topic_events])
+    report = await read_lag_report(settings, settings.group_id, [settings.topic_events])
     assert report.offset_lag == 7
     assert sum(p.committed or 0 for p in report.partitions) == 1
     table = lag_cli(settings)

@@ -9,20 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
-from typing import TYPE_CHECKING
 
 import click
 
 from usage_ingest.cli.common import settings_options
 from usage_ingest.errors import ExitCode
-from usage_ingest.kafka.admin import describe_group, read_positions
-from usage_ingest.lag import LagReport, breaches, build_report, render
+from usage_ingest.lag import breaches, read_lag_report, render
 from usage_ingest.process import run_async
 from usage_ingest.settings import Settings
-
-if TYPE_CHECKING:
-    from usage_ingest.lag import LagReport
 
 _PIPE_WIDTH = 250
 
@@ -75,14 +69,6 @@ def lag(
         sys.exit(ExitCode.FAILED)
 
 
-async def lag_report(settings: Settings, group_id: str, topics: list[str]) -> LagReport:
-
-    group, positions = await asyncio.gather(
-        describe_group(settings, group_id), read_positions(settings, group_id, topics)
-    )
-    return build_report(group, positions, int(time.time() * 1000))
-
-
 async def show_lag(
     settings: Settings,
     group_id: str,
@@ -101,7 +87,7 @@ async def show_lag(
         # Piped into a file or another program: never cut a topic name to fit 80 columns.
         console = Console(width=_PIPE_WIDTH)
     while True:
-        report = await lag_report(settings, group_id, topics)
+        report = await read_lag_report(settings, group_id, topics)
         exceeded = breaches(report, max_lag, max_time_lag)
         if watch is not None and console.is_terminal:
             console.clear()
