@@ -18,10 +18,10 @@ from tests.support.broker import produce_values
 from tests.support.database import DEMO_REFERENCE
 from tests.support.settings import create_topics, make_settings
 from tests.support.worker import RunningWorker
-from usage_ingest.lag import read_lag_report
 from usage_ingest.dev.embedded import free_port
 from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.reference import read_reference_file
+from usage_ingest.lag import read_lag_report
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
 

@@ -29,6 +29,8 @@ class Permission(StrEnum):
     USAGE_PRODUCT_INVENTORY_UPDATE = "USAGE_PRODUCT_INVENTORY.UPDATE"
     PRODUCT_ITEM_CREATE = "PRODUCT_ITEM.CREATE"
     CONTRACT_WRITE = "CONTRACT.WRITE"
+    # The operations console's replay of dead letters (browsing it needs USAGE.READ).
+    DEAD_LETTER_REPLAY = "DEAD_LETTER.REPLAY"
 
 
 KEY_PREFIX = "uik"

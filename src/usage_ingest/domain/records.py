@@ -4,6 +4,7 @@ adapters (`kafka`, `store`) build and take them, and everything between sees onl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 Partition = tuple[str, int]
@@ -81,3 +82,12 @@ class RejectionRow(NamedTuple):
     source_offset: int
     source_timestamp_ms: int | None  # None when the record has no timestamp
     replay_count: int
+
+
+def next_offsets(records: Iterable[InputRecord]) -> dict[Partition, int]:
+    """Per partition, the offset after the last record of the batch."""
+    offsets: dict[Partition, int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
+    return offsets

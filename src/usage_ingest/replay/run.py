@@ -32,16 +32,15 @@ import msgspec
 import structlog
 
 from usage_ingest.domain.dead_letters import DeadLetter, replayed_record
-from usage_ingest.domain.records import OutputRecord
+from usage_ingest.domain.records import OutputRecord, next_offsets
 from usage_ingest.errors import ReplayFailed
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.kafka.replay_reader import ReplayReader
 from usage_ingest.ports import ProducerPort, ReaderPort
 from usage_ingest.replay.selection import Selection, SkipReason, decide
+from usage_ingest.retry import Backoff, Failure, publish_acknowledged, retry
 from usage_ingest.settings import Settings
 from usage_ingest.times import utc_now
-from usage_ingest.worker.pipeline import next_offsets
-from usage_ingest.worker.retry import Backoff, Failure, publish_acknowledged, retry
 
 log = structlog.get_logger("usage_ingest.replay.run")
 T = TypeVar("T")

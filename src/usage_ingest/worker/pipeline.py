@@ -38,7 +38,7 @@ import structlog
 from usage_ingest.domain.dead_letters import dead_letter_record
 from usage_ingest.domain.messages import OutcomeError
 from usage_ingest.domain.outcomes import Status
-from usage_ingest.domain.records import InputRecord, OutputRecord, Partition
+from usage_ingest.domain.records import InputRecord, OutputRecord, Partition, next_offsets
 from usage_ingest.domain.resolution import ReferenceKeys, ReferenceSnapshot, Resolution, resolve
 from usage_ingest.domain.validation import (
     InvalidEvent,
@@ -47,11 +47,11 @@ from usage_ingest.domain.validation import (
 )
 from usage_ingest.errors import BatchAbandoned, CommitRefused, ErrorCode
 from usage_ingest.ports import ConsumerPort, ProducerPort, StorePort
+from usage_ingest.retry import Backoff, Failure, publish_acknowledged, retry
 from usage_ingest.settings import Settings
 from usage_ingest.times import format_utc_millis, utc_now
 from usage_ingest.worker.metrics import Counters, MinuteSummary, WorkerMetrics
 from usage_ingest.worker.outcomes import Verdict, outcome_record, usage_row
-from usage_ingest.worker.retry import Backoff, Failure, publish_acknowledged, retry
 from usage_ingest.worker.storing import store_batch
 
 log = structlog.get_logger("usage_ingest.worker.pipeline")
@@ -412,15 +412,6 @@ def _log_rejection(verdict: Verdict) -> None:
         external_reference=verdict.reference,
         codes=[e.code.value for e in verdict.errors],
     )
-
-
-def next_offsets(records: Iterable[InputRecord]) -> dict[Partition, int]:
-    """Per partition, the offset after the last record of the batch."""
-    offsets: dict[Partition, int] = {}
-    for record in records:
-        key = (record.topic, record.partition)
-        offsets[key] = max(offsets.get(key, 0), record.offset + 1)
-    return offsets
 
 
 def _partitions(records: Iterable[InputRecord]) -> set[Partition]:

@@ -10,8 +10,9 @@ from usage_ingest.api import keys as api_keys
 from usage_ingest.api.keys import Permission
 
 
-def test_permissions_are_exactly_those_of_the_spec() -> None:
+def test_permissions_are_those_of_the_spec_and_the_consoles_replay() -> None:
     assert {p.value for p in Permission} == {
+        "DEAD_LETTER.REPLAY",
         "USAGE.CREATE",
         "USAGE.READ",
         "USAGE_PRODUCT_INVENTORY.CREATE",

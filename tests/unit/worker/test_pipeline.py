@@ -27,12 +27,12 @@ from tests.support.fakes import (
     settings,
 )
 from usage_ingest.domain.dead_letters import DEAD_LETTER_HEADERS
-from usage_ingest.domain.records import OutputRecord, Partition
+from usage_ingest.domain.records import OutputRecord, Partition, next_offsets
 from usage_ingest.errors import StoreRefusedData, StoreUnavailable
 from usage_ingest.kafka.producer import murmur2, partition_for
 from usage_ingest.store import connection as store_module
 from usage_ingest.worker import pipeline as pipeline_module
-from usage_ingest.worker.pipeline import Pipeline, next_offsets
+from usage_ingest.worker.pipeline import Pipeline
 
 
 async def test_first_arrival_is_created_then_same_payload_is_duplicate() -> None:

@@ -1,0 +1,1 @@
+"""The operations console, served by `usage-ingest api` at /console."""
