@@ -4,12 +4,19 @@ router per resource and wires the error handlers, the OpenAPI document and the e
 middleware.
 
 There is no lifespan: `server.serve` opens the store and the producer before the app
-and closes them after it (uvicorn runs with `lifespan="off"`); tests pass their own.
+and closes them after it (uvicorn runs with `lifespan="off"`), and closes the console's
+replays (`app.state.console_replays`); tests pass their own.
+
+The operations console (`api.console`) is served by the same app under /console, out of
+the OpenAPI document.
 """
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from usage_ingest.api import console
+from usage_ingest.api.console.overview import BrokerViewCache
+from usage_ingest.api.console.replays import ConsoleReplays
 from usage_ingest.api.error_handlers import install_error_handlers
 from usage_ingest.api.metrics import ApiMetrics
 from usage_ingest.api.middleware import EdgeMiddleware
@@ -63,7 +70,9 @@ def create_app(
     app.state.store = store
     app.state.publisher = producer
     app.state.metrics = metrics
-    include_routers(app, [module.router for module in _ROUTERS])
+    app.state.console_broker_view = BrokerViewCache(settings)
+    app.state.console_replays = ConsoleReplays(settings, store)
+    include_routers(app, [module.router for module in _ROUTERS] + console.routers())
     install_error_handlers(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_middleware(EdgeMiddleware, metrics=metrics, max_body_bytes=settings.api_max_body_bytes)

@@ -8,6 +8,7 @@ import structlog
 import uvicorn
 
 from usage_ingest.api.app import create_app
+from usage_ingest.api.console.replays import ConsoleReplays
 from usage_ingest.api.publisher import OnDemandProducer
 from usage_ingest.errors import ConfigurationError, StoreUnavailable
 from usage_ingest.serving import QuietServer, listen
@@ -26,6 +27,15 @@ def _listen(host: str, port: int) -> list[socket.socket]:
             f"cannot listen on {host}:{port} (USAGE_INGEST_API_HOST/PORT, --host/--port): "
             f"{exc.strerror or exc}"
         ) from exc
+
+
+async def _close_console_replays(replays: ConsoleReplays) -> None:
+    """A replay started from the console finishes its batch in flight and commits. Should
+    that fail, the store and the producer are closed all the same."""
+    try:
+        await replays.close()
+    except Exception:
+        log.exception("console_replays_close_failed")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -69,6 +79,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             await server.serve(sockets=sockets)
         finally:
             watcher.cancel()
+            await _close_console_replays(app.state.console_replays)
         log.info("api_stopped")
     finally:
         for sock in sockets:

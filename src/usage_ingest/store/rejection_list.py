@@ -145,3 +145,9 @@ class RejectionListStore(PooledStore):
             rows = await conn.fetch(QUERIES["fetch_usage_rejections"], page["ids"])
         by_id = {row["id"]: rejection_json(row) for row in rows}
         return int(page["total"]), [by_id[i] for i in page["ids"]]
+
+    async def get_rejection(self, rejection_id: int) -> dict[str, Any] | None:
+        """One refusal by its id, as the list shows it; None when there is none."""
+        async with _translated_errors("read usage rejection"):
+            rows = await self._pool.fetch(QUERIES["fetch_usage_rejections"], [rejection_id])
+        return rejection_json(rows[0]) if rows else None

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from usage_ingest.settings import Settings
 from usage_ingest.store.api_keys import ApiKeyStore
 from usage_ingest.store.batches import BatchStore
+from usage_ingest.store.console_sessions import ConsoleSessionStore
 from usage_ingest.store.contracts import ContractStore
 from usage_ingest.store.inventories import InventoryStore
 from usage_ingest.store.migrations import MigrationStore
@@ -18,6 +19,7 @@ from usage_ingest.store.rejections import RejectionStore
 from usage_ingest.store.usage_list import UsageListStore
 from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
+from usage_ingest.store.worker_reports import WorkerReportStore
 
 
 class Store(
@@ -33,6 +35,8 @@ class Store(
     ContractStore,
     ApiKeyStore,
     RejectionListStore,
+    ConsoleSessionStore,
+    WorkerReportStore,
 ):
     """Usages, refusals and reference data in Postgres.
 

@@ -561,3 +561,25 @@ WITH doomed AS (
     DELETE FROM usage_rejections r USING doomed d WHERE r.id = d.id RETURNING 1
 )
 SELECT count(*) FROM deleted;
+
+-- ====================================================================
+-- The operations console: its sessions, and one refusal by id
+-- ====================================================================
+
+-- name: insert_console_session
+-- $1 sha256 of the token, $2 the key id, $3 seconds until it expires.
+INSERT INTO console_sessions (token_hash, key_id, expires_at)
+VALUES ($1, $2, now() + $3::double precision * interval '1 second');
+
+-- name: find_console_session
+-- A session that has not expired, with its key as it is now (revoked or not).
+SELECT s.expires_at, k.key_id, k.name, k.permissions, k.revoked_at
+FROM console_sessions s
+JOIN api_keys k ON k.key_id = s.key_id
+WHERE s.token_hash = $1 AND s.expires_at > now();
+
+-- name: delete_console_session
+DELETE FROM console_sessions WHERE token_hash = $1;
+
+-- name: delete_expired_console_sessions
+DELETE FROM console_sessions WHERE expires_at <= now();
