@@ -82,11 +82,11 @@ UserDep = Annotated[ConsoleUser, Depends(current_user)]
 
 async def read_form(request: Request) -> dict[str, list[str]]:
     """A form's fields (URL-encoded, as browsers and htmx send them); each field's values
-    in order. Other bodies are refused."""
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != FORM_MEDIA_TYPE:
-        raise ConsoleProblem(415, "Not a form", f"the body must be sent as {FORM_MEDIA_TYPE}")
+    in order. An empty body is an empty form; other bodies are refused."""
     body = (await request.body()).decode("utf-8", "replace")
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if body and media_type != FORM_MEDIA_TYPE:
+        raise ConsoleProblem(415, "Not a form", f"the body must be sent as {FORM_MEDIA_TYPE}")
     return parse_qs(body, keep_blank_values=True, max_num_fields=1000)
 
 
