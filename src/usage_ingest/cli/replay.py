@@ -15,7 +15,8 @@ from usage_ingest.process import fail, with_stop_signals
 from usage_ingest.settings import Settings
 
 if TYPE_CHECKING:
-    from usage_ingest.replay.run import ReplayPlan, ReplaySummary
+    from usage_ingest.replay.run import ReplayPlan
+    from usage_ingest.replay.summary import ReplaySummary
     from usage_ingest.replay.view import ReplayProgress
 
 

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import msgspec
 import structlog
 
 from usage_ingest.domain.dead_letters import DeadLetter, replayed_record
@@ -47,6 +45,8 @@ from usage_ingest.kafka.replay_reader import ReplayReader
 from usage_ingest.ports import ProducerPort, ReaderPort
 from usage_ingest.replay.guard import GroupLock, ReplayGuard
 from usage_ingest.replay.selection import Selection, SkipReason, decide
+from usage_ingest.replay.summary import ReplaySummary as ReplaySummary  # noqa: PLC0414 - re-exported
+from usage_ingest.replay.summary import Sample
 from usage_ingest.retry import Backoff, Failure, publish_acknowledged, retry
 from usage_ingest.settings import Settings
 from usage_ingest.times import utc_now
@@ -57,92 +57,6 @@ T = TypeVar("T")
 DEFAULT_SHOW = 20
 _FETCH_WAIT_MS = 200
 _ATTEMPTS = 8
-
-
-# --- the summary ----------------------------------------------------------------------
-
-
-class Sample(msgspec.Struct, frozen=True, rename="camel"):
-    """One dead letter named in the summary."""
-
-    reference: str | None = msgspec.field(name="externalReference")
-    code: str | None
-    partition: int
-    offset: int
-    replay_count: int
-
-    @classmethod
-    def of(cls, letter: DeadLetter) -> Sample:
-        return cls(
-            letter.reference,
-            letter.code,
-            letter.record.partition,
-            letter.record.offset,
-            letter.replay_count,
-        )
-
-
-@dataclass(slots=True)
-class ReplaySummary:
-    """What one run did. `scanned == replayed + sum(skipped)` and
-    `matched == replayed + skipped[max-replays]` always hold."""
-
-    source: str
-    destination: str
-    group_id: str
-    dry_run: bool
-    total: int = 0  # offsets between start and end, known once the reader started
-    scanned: int = 0
-    matched: int = 0
-    replayed: int = 0
-    skipped: Counter[SkipReason] = field(default_factory=Counter)
-    replayed_by_code: Counter[str] = field(default_factory=Counter)
-    replayed_sample: list[Sample] = field(default_factory=list)
-    max_replays_sample: list[Sample] = field(default_factory=list)
-    limit_reached: bool = False
-    interrupted: bool = False
-    committed: dict[int, int] = field(default_factory=dict)  # partition -> next offset
-    starts: dict[int, int] = field(default_factory=dict)  # partition -> first offset read
-    stopped_because: str | None = None  # why an interrupted run stopped, when not asked to
-
-    def to_json(self) -> dict[str, Any]:
-        document = _SummaryJson(
-            dry_run=self.dry_run,
-            source=self.source,
-            destination=self.destination,
-            group=self.group_id,
-            scanned=self.scanned,
-            matched=self.matched,
-            replayed=self.replayed,
-            skipped={reason.value: self.skipped[reason] for reason in SkipReason},
-            replayed_by_code=dict(sorted(self.replayed_by_code.items())),
-            replayed_records=self.replayed_sample,
-            max_replays_reached=self.max_replays_sample,
-            limit_reached=self.limit_reached,
-            interrupted=self.interrupted,
-            committed={str(p): o for p, o in sorted(self.committed.items())},
-        )
-        as_json: dict[str, Any] = msgspec.to_builtins(document)
-        return as_json
-
-
-class _SummaryJson(msgspec.Struct, frozen=True, rename="camel"):
-    """The summary as `--json` prints it, member by member."""
-
-    dry_run: bool
-    source: str
-    destination: str
-    group: str
-    scanned: int
-    matched: int
-    replayed: int
-    skipped: dict[str, int]
-    replayed_by_code: dict[str, int]
-    replayed_records: list[Sample]
-    max_replays_reached: list[Sample]
-    limit_reached: bool
-    interrupted: bool
-    committed: dict[str, int]
 
 
 # --- the run ------------------------------------------------------------------------
