@@ -170,3 +170,23 @@ class WarningCode(StrEnum):
     """Outcome warnings: the record was processed, but the producer should act."""
 
     DEPRECATED_FIELD = "DEPRECATED_FIELD"
+
+
+# --- one replay per replay group at a time --------------------------------------------
+
+
+class ReplayRunning(UsageIngestError):
+    """Another replay of the same replay group is running (`usage-ingest replay` or the
+    console, in this process or another): nothing was read, published or committed."""
+
+    def __init__(self, group_id: str) -> None:
+        super().__init__(
+            f"a replay of group {group_id!r} is already running (usage-ingest replay or the "
+            "console): nothing was replayed; run again once it has finished"
+        )
+        self.group_id = group_id
+
+
+class ReplayOutdated(UsageIngestError):
+    """The replay group's committed positions differ from those the dry run saw (another
+    replay ran since): nothing was published or committed, the dry run must be redone."""

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import Any
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from usage_ingest.cli.common import settings_options
 from usage_ingest.errors import ExitCode
-from usage_ingest.process import with_stop_signals
+from usage_ingest.process import fail, with_stop_signals
 from usage_ingest.settings import Settings
+
+if TYPE_CHECKING:
+    from usage_ingest.replay.run import ReplayPlan
+    from usage_ingest.replay.summary import ReplaySummary
+    from usage_ingest.replay.view import ReplayProgress
 
 
 def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
@@ -143,11 +150,12 @@ def replay(
     usage-ingest.replay-count incremented and usage-ingest.replayed-at set. Reads up
     to the end the source had at start, commits the replay group's offsets only after
     the destination acknowledged, and prints a summary (see README: "Replaying dead
-    letters").
+    letters"). Unless it is a dry run, it holds the replay group's lock in the database
+    (--database-url): one replay per group at a time.
     """
     from rich.console import Console
 
-    from usage_ingest.replay.run import ReplayPlan, run_replay
+    from usage_ingest.replay.run import replay_plan
     from usage_ingest.replay.selection import Selection, TimeField
     from usage_ingest.replay.view import ReplayProgress, print_json, print_summary
 
@@ -167,30 +175,26 @@ def replay(
     problems = selection.problems()
     if problems:
         raise click.UsageError("; ".join(problems))
-    plan = ReplayPlan(
+    plan = replay_plan(
+        settings,
         destination=destination or settings.topic_events,
         selection=selection,
         limit=limit,
         dry_run=dry_run,
-        batch_size=min(settings.batch_max_records, 500),
         show=show,
-        retry_initial_backoff_s=settings.retry_initial_backoff_s,
-        retry_max_backoff_s=settings.retry_max_backoff_s,
     )
     with ReplayProgress(Console(stderr=True)) as progress:
         summary = with_stop_signals(
-            lambda stop: run_replay(
+            lambda stop: _run(
                 settings,
+                plan,
                 source=source or settings.topic_dlq,
                 group_id=replay_group_id or f"{settings.group_id}.replay",
-                plan=plan,
                 partitions=partitions,
                 from_beginning=from_beginning,
                 offset=offset,
                 stop=stop,
-                on_start=progress.start,
-                progress=progress.update,
-                on_finish=progress.finish,
+                progress=progress,
             )
         )
     out = Console(highlight=False)
@@ -198,5 +202,44 @@ def replay(
         print_json(summary, out)
     else:
         print_summary(summary, out)
+    if summary.stopped_because:
+        fail(summary.stopped_because)
     if summary.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
+
+
+async def _run(
+    settings: Settings,
+    plan: ReplayPlan,
+    *,
+    source: str,
+    group_id: str,
+    partitions: tuple[int, ...],
+    from_beginning: bool,
+    offset: int | None,
+    stop: asyncio.Event,
+    progress: ReplayProgress,
+) -> ReplaySummary:
+    """The run, holding the group's lock in the database unless it is a dry run (which
+    publishes and commits nothing, so needs no database)."""
+    from usage_ingest.replay.run import run_replay
+    from usage_ingest.store.store import store_session
+
+    async with AsyncExitStack() as resources:
+        guard = None
+        if not plan.dry_run:
+            guard = await resources.enter_async_context(store_session(settings))
+        return await run_replay(
+            settings,
+            source=source,
+            group_id=group_id,
+            plan=plan,
+            guard=guard,
+            partitions=partitions,
+            from_beginning=from_beginning,
+            offset=offset,
+            stop=stop,
+            on_start=progress.start,
+            progress=progress.update,
+            on_finish=progress.finish,
+        )

@@ -16,28 +16,37 @@ small ports, so it is unit-tested with fakes. Its commit protocol mirrors the wo
 A crash before step 3 re-sends the uncommitted batch at most; idempotent
 storage turns the repeats into `duplicate` outcomes and no new rows. A dry run
 reads and decides, and neither publishes nor commits.
+
+A run that publishes holds its replay group's lock (`replay.guard`) from before it reads
+the group's positions until it ends, so two runs of one group never publish the same
+dead letters; before each batch's step 2 it checks the lock is still held, and stops
+(interrupted) when it was lost. Given the positions a dry run started from
+(`expected_starts`), a run refuses to start anywhere else (`ReplayOutdated`): what the
+operator saw is what is replayed, not what is left after another replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
-import msgspec
 import structlog
 
 from usage_ingest.domain.dead_letters import DeadLetter, replayed_record
-from usage_ingest.domain.records import OutputRecord, next_offsets
-from usage_ingest.errors import ReplayFailed
+from usage_ingest.domain.records import InputRecord, OutputRecord, next_offsets
+from usage_ingest.errors import ReplayFailed, ReplayOutdated
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.kafka.replay_reader import ReplayReader
 from usage_ingest.ports import ProducerPort, ReaderPort
+from usage_ingest.replay.guard import GroupLock, ReplayGuard
 from usage_ingest.replay.selection import Selection, SkipReason, decide
+from usage_ingest.replay.summary import ReplaySummary as ReplaySummary  # noqa: PLC0414 - re-exported
+from usage_ingest.replay.summary import Sample
 from usage_ingest.retry import Backoff, Failure, publish_acknowledged, retry
 from usage_ingest.settings import Settings
 from usage_ingest.times import utc_now
@@ -48,90 +57,6 @@ T = TypeVar("T")
 DEFAULT_SHOW = 20
 _FETCH_WAIT_MS = 200
 _ATTEMPTS = 8
-
-
-# --- the summary ----------------------------------------------------------------------
-
-
-class Sample(msgspec.Struct, frozen=True, rename="camel"):
-    """One dead letter named in the summary."""
-
-    reference: str | None = msgspec.field(name="externalReference")
-    code: str | None
-    partition: int
-    offset: int
-    replay_count: int
-
-    @classmethod
-    def of(cls, letter: DeadLetter) -> Sample:
-        return cls(
-            letter.reference,
-            letter.code,
-            letter.record.partition,
-            letter.record.offset,
-            letter.replay_count,
-        )
-
-
-@dataclass(slots=True)
-class ReplaySummary:
-    """What one run did. `scanned == replayed + sum(skipped)` and
-    `matched == replayed + skipped[max-replays]` always hold."""
-
-    source: str
-    destination: str
-    group_id: str
-    dry_run: bool
-    total: int = 0  # offsets between start and end, known once the reader started
-    scanned: int = 0
-    matched: int = 0
-    replayed: int = 0
-    skipped: Counter[SkipReason] = field(default_factory=Counter)
-    replayed_by_code: Counter[str] = field(default_factory=Counter)
-    replayed_sample: list[Sample] = field(default_factory=list)
-    max_replays_sample: list[Sample] = field(default_factory=list)
-    limit_reached: bool = False
-    interrupted: bool = False
-    committed: dict[int, int] = field(default_factory=dict)  # partition -> next offset
-
-    def to_json(self) -> dict[str, Any]:
-        document = _SummaryJson(
-            dry_run=self.dry_run,
-            source=self.source,
-            destination=self.destination,
-            group=self.group_id,
-            scanned=self.scanned,
-            matched=self.matched,
-            replayed=self.replayed,
-            skipped={reason.value: self.skipped[reason] for reason in SkipReason},
-            replayed_by_code=dict(sorted(self.replayed_by_code.items())),
-            replayed_records=self.replayed_sample,
-            max_replays_reached=self.max_replays_sample,
-            limit_reached=self.limit_reached,
-            interrupted=self.interrupted,
-            committed={str(p): o for p, o in sorted(self.committed.items())},
-        )
-        as_json: dict[str, Any] = msgspec.to_builtins(document)
-        return as_json
-
-
-class _SummaryJson(msgspec.Struct, frozen=True, rename="camel"):
-    """The summary as `--json` prints it, member by member."""
-
-    dry_run: bool
-    source: str
-    destination: str
-    group: str
-    scanned: int
-    matched: int
-    replayed: int
-    skipped: dict[str, int]
-    replayed_by_code: dict[str, int]
-    replayed_records: list[Sample]
-    max_replays_reached: list[Sample]
-    limit_reached: bool
-    interrupted: bool
-    committed: dict[str, int]
 
 
 # --- the run ------------------------------------------------------------------------
@@ -151,6 +76,29 @@ class ReplayPlan:
     retry_max_backoff_s: float = 30.0
 
 
+def replay_plan(
+    settings: Settings,
+    *,
+    destination: str,
+    selection: Selection,
+    limit: int | None = None,
+    dry_run: bool = False,
+    show: int = DEFAULT_SHOW,
+) -> ReplayPlan:
+    """The plan of a replay run with `settings`' batch size and backoff (the command
+    line's and the console's alike)."""
+    return ReplayPlan(
+        destination=destination,
+        selection=selection,
+        limit=limit,
+        dry_run=dry_run,
+        batch_size=min(settings.batch_max_records, 500),
+        show=show,
+        retry_initial_backoff_s=settings.retry_initial_backoff_s,
+        retry_max_backoff_s=settings.retry_max_backoff_s,
+    )
+
+
 Progress = Callable[[ReplaySummary], None]
 
 
@@ -163,9 +111,11 @@ async def replay(
     stop: asyncio.Event | None = None,
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utc_now,
+    lock: GroupLock | None = None,
 ) -> ReplaySummary:
     """Scan the reader to its end (or `plan.limit` replays, or `stop`), replaying
-    what `plan.selection` picks; fills in and returns `summary`."""
+    what `plan.selection` picks; fills in and returns `summary`. With `lock`, each
+    batch is published only while the lock is still held."""
     if producer is None and not plan.dry_run:
         raise ValueError("a replay that is not a dry run needs a producer")
     while True:
@@ -185,15 +135,15 @@ async def replay(
         now = clock()
         room = None if plan.limit is None else plan.limit - summary.replayed
         scanned, chosen, held = decide(records, plan.selection, room)
+        if lock is not None and not await lock.held():
+            _lost_lock(summary)
+            break
         summary.limit_reached = len(scanned) < len(records)
         if not plan.dry_run:
             assert producer is not None
             outgoing = [replayed_record(letter, plan.destination, now) for letter in chosen]
             await _publish(producer, outgoing, plan, stop)
-            offsets = next_offsets(scanned)
-            if offsets:  # never an empty commit: some clients read it as "all consumed"
-                await _retrying("commit", functools.partial(reader.commit, offsets), plan, stop)
-                summary.committed.update({partition: o for (_, partition), o in offsets.items()})
+            await _commit(reader, scanned, plan, summary, stop)
         _count(summary, chosen, held, plan.show)
         log.debug(
             "replay_batch_done", scanned=len(scanned), replayed=len(chosen), dry_run=plan.dry_run
@@ -203,6 +153,31 @@ async def replay(
         if summary.limit_reached:
             break
     return summary
+
+
+async def _commit(
+    reader: ReaderPort,
+    scanned: Sequence[InputRecord],
+    plan: ReplayPlan,
+    summary: ReplaySummary,
+    stop: asyncio.Event | None,
+) -> None:
+    offsets = next_offsets(scanned)
+    if offsets:  # never an empty commit: some clients read it as "all consumed"
+        await _retrying("commit", functools.partial(reader.commit, offsets), plan, stop)
+        summary.committed.update({partition: o for (_, partition), o in offsets.items()})
+
+
+def _lost_lock(summary: ReplaySummary) -> None:
+    """The lock's session ended (its connection dropped): another replay of the group
+    may start now, so this one publishes nothing more."""
+    summary.interrupted = True
+    summary.stopped_because = (
+        f"the lock of replay group {summary.group_id!r} was lost (its database connection "
+        "closed): stopped before publishing the next batch; what was committed stays "
+        "committed, run the replay again"
+    )
+    log.warning("replay_lock_lost", group_id=summary.group_id)
 
 
 def _count(
@@ -276,22 +251,52 @@ async def _retrying(
     return await retry(action, _backoff(plan), report, stop=stop)
 
 
-async def run_replay(
-    settings: Settings,
-    *,
-    source: str,
-    group_id: str,
-    plan: ReplayPlan,
-    partitions: Sequence[int] = (),
-    from_beginning: bool = False,
-    offset: int | None = None,
-    stop: asyncio.Event | None = None,
-    on_start: Progress | None = None,
-    progress: Progress | None = None,
-    on_finish: Progress | None = None,
-) -> ReplaySummary:
-    """Wiring for `usage-ingest replay`: a reader on `source` for `group_id`, a
-    producer unless it is a dry run, and the loop."""
+class ReplaySource(ReaderPort, Protocol):
+    """The reader `run_replay` opens: a bounded read of the source (`ReplayReader`)."""
+
+    async def start(
+        self,
+        partitions: Sequence[int] = (),
+        *,
+        from_beginning: bool = False,
+        offset: int | None = None,
+    ) -> None: ...
+
+    async def has_topic(self, topic: str) -> bool: ...
+
+    @property
+    def starts(self) -> dict[int, int]: ...
+
+    @property
+    def ends(self) -> dict[int, int]: ...
+
+    @property
+    def total(self) -> int: ...
+
+    async def stop(self) -> None: ...
+
+
+class ReplaySink(ProducerPort, Protocol):
+    """The producer `run_replay` opens on the destination (`OutputProducer`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _kafka_reader(settings: Settings, topic: str, group_id: str, read_only: bool) -> ReplaySource:
+    return ReplayReader(settings, topic, group_id, read_only=read_only)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayAdapters:
+    """How `run_replay` reaches the broker: Kafka, or fakes in the unit tests."""
+
+    reader: Callable[[Settings, str, str, bool], ReplaySource] = _kafka_reader
+    producer: Callable[[Settings], ReplaySink] = OutputProducer
+
+
+def _check_groups(settings: Settings, source: str, group_id: str, plan: ReplayPlan) -> None:
     if source == plan.destination:
         raise ReplayFailed(f"source and destination are the same topic ({source!r})")
     if group_id == settings.group_id:
@@ -299,45 +304,124 @@ async def run_replay(
             f"the replay group must not be the worker's group ({group_id!r}): "
             "it would move the worker's offsets"
         )
-    reader = ReplayReader(settings, source, group_id, read_only=plan.dry_run)
+
+
+def _check_starts(group_id: str, starts: dict[int, int], expected: Mapping[int, int]) -> None:
+    """Refuse to replay from anywhere but where the dry run started."""
+    if starts == dict(expected):
+        return
+    moved = ", ".join(
+        f"partition {p}: {expected.get(p, 'none')} then, {starts.get(p, 'none')} now"
+        for p in sorted(set(starts) | set(expected))
+        if starts.get(p) != expected.get(p)
+    )
+    raise ReplayOutdated(
+        f"replay group {group_id!r} no longer starts where the dry run did ({moved}): "
+        "another replay ran since; nothing was replayed, do the dry run again"
+    )
+
+
+def _lock(
+    guard: ReplayGuard | None, group_id: str, plan: ReplayPlan
+) -> AbstractAsyncContextManager[GroupLock | None]:
+    """The group's lock for a run that publishes; none for a dry run."""
+    if plan.dry_run:
+        return nullcontext(None)
+    if guard is None:
+        raise ValueError("a replay that is not a dry run needs a guard (the group's lock)")
+    return guard.hold_replay_lock(group_id)
+
+
+async def run_replay(
+    settings: Settings,
+    *,
+    source: str,
+    group_id: str,
+    plan: ReplayPlan,
+    guard: ReplayGuard | None,
+    expected_starts: Mapping[int, int] | None = None,
+    partitions: Sequence[int] = (),
+    from_beginning: bool = False,
+    offset: int | None = None,
+    stop: asyncio.Event | None = None,
+    on_start: Progress | None = None,
+    progress: Progress | None = None,
+    on_finish: Progress | None = None,
+    adapters: ReplayAdapters = ReplayAdapters(),  # frozen: one default for all
+) -> ReplaySummary:
+    """Wiring for `usage-ingest replay` and the console: the group's lock (unless it is
+    a dry run; `guard` may then be None), a reader on `source` for `group_id`, a
+    producer unless it is a dry run, and the loop. Raises `ReplayRunning` when another
+    run holds the lock, `ReplayOutdated` when `expected_starts` are given and the group
+    starts elsewhere; neither publishes anything."""
+    _check_groups(settings, source, group_id, plan)
     summary = ReplaySummary(source, plan.destination, group_id, plan.dry_run)
-    try:
-        await reader.start(partitions, from_beginning=from_beginning, offset=offset)
-        if not await reader.has_topic(plan.destination):
-            raise ReplayFailed(
-                f"destination topic {plan.destination!r} does not exist "
-                "(replay never creates topics)"
-            )
-        summary.total = reader.total
-        log.info(
-            "replay_started",
-            source=source,
-            destination=plan.destination,
-            group_id=group_id,
-            dry_run=plan.dry_run,
-            starts=reader.starts,
-            ends=reader.ends,
-        )
-        if on_start is not None:
-            on_start(summary)
-        producer = None if plan.dry_run else OutputProducer(settings)
-        if producer is not None:
-            await producer.start()
+    async with _lock(guard, group_id, plan) as lock:
+        reader = adapters.reader(settings, source, group_id, plan.dry_run)
         try:
-            await replay(reader, producer, plan, summary, stop=stop, progress=progress)
+            await reader.start(partitions, from_beginning=from_beginning, offset=offset)
+            summary.starts = reader.starts
+            if expected_starts is not None:
+                _check_starts(group_id, summary.starts, expected_starts)
+            if not await reader.has_topic(plan.destination):
+                raise ReplayFailed(
+                    f"destination topic {plan.destination!r} does not exist "
+                    "(replay never creates topics)"
+                )
+            summary.total = reader.total
+            log.info(
+                "replay_started",
+                source=source,
+                destination=plan.destination,
+                group_id=group_id,
+                dry_run=plan.dry_run,
+                starts=reader.starts,
+                ends=reader.ends,
+            )
+            if on_start is not None:
+                on_start(summary)
+            await _run_with_producer(
+                settings,
+                reader,
+                plan,
+                summary,
+                adapters=adapters,
+                stop=stop,
+                progress=progress,
+                lock=lock,
+            )
             if on_finish is not None:
                 on_finish(summary)
         finally:
-            if producer is not None:
-                await producer.stop()
-    finally:
-        await reader.stop()
+            await reader.stop()
     log.info(
         "replay_finished",
         scanned=summary.scanned,
         matched=summary.matched,
         replayed=summary.replayed,
         dry_run=plan.dry_run,
+        interrupted=summary.interrupted,
         **{f"skipped_{r.value.replace('-', '_')}": n for r, n in summary.skipped.items()},
     )
     return summary
+
+
+async def _run_with_producer(
+    settings: Settings,
+    reader: ReplaySource,
+    plan: ReplayPlan,
+    summary: ReplaySummary,
+    *,
+    adapters: ReplayAdapters,
+    stop: asyncio.Event | None,
+    progress: Progress | None,
+    lock: GroupLock | None,
+) -> None:
+    producer = None if plan.dry_run else adapters.producer(settings)
+    if producer is not None:
+        await producer.start()
+    try:
+        await replay(reader, producer, plan, summary, stop=stop, progress=progress, lock=lock)
+    finally:
+        if producer is not None:
+            await producer.stop()

@@ -25,8 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from usage_ingest.replay.run import ReplaySummary, Sample
 from usage_ingest.replay.selection import SkipReason
+from usage_ingest.replay.summary import ReplaySummary, Sample
 
 _PLAIN_INTERVAL_S = 1.0
 

@@ -16,6 +16,7 @@ from usage_ingest.store.product_items import ProductItemStore
 from usage_ingest.store.reference import ReferenceStore
 from usage_ingest.store.rejection_list import RejectionListStore
 from usage_ingest.store.rejections import RejectionStore
+from usage_ingest.store.replay_lock import ReplayLockStore
 from usage_ingest.store.usage_list import UsageListStore
 from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
@@ -35,6 +36,7 @@ class Store(
     ContractStore,
     ApiKeyStore,
     RejectionListStore,
+    ReplayLockStore,
     ConsoleSessionStore,
     WorkerReportStore,
 ):

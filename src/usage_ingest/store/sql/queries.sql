@@ -562,8 +562,27 @@ WITH doomed AS (
 )
 SELECT count(*) FROM deleted;
 
+-- --- the replay's lock: one replay per replay group at a time (store/replay_lock.py) ---
+
+-- name: try_replay_lock
+-- The session-level advisory lock $1 of a replay group, or false at once when another
+-- session holds it. Postgres releases it when the session ends.
+SELECT pg_try_advisory_lock($1::bigint);
+
+-- name: replay_lock_held
+-- Whether this session still holds the advisory lock whose 64-bit key has the high half
+-- $1 and the low half $2 (how pg_locks shows a bigint key: classid, objid, objsubid 1).
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+        AND classid::bigint = $1::bigint AND objid::bigint = $2::bigint AND objsubid = 1
+);
+
+-- name: replay_unlock
+SELECT pg_advisory_unlock($1::bigint);
+
 -- ====================================================================
--- The operations console: its sessions, and one refusal by id
+-- The operations console: its sessions
 -- ====================================================================
 
 -- name: insert_console_session
