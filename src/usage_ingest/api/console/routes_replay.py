@@ -1,7 +1,9 @@
 """The replay pages: the filters, their dry run, its confirmation, and the run's
 progress and summary. The replay itself is `ConsoleReplays` (the same loop, commit
 protocol and loop guard as `usage-ingest replay`); these routes check the permission
-DEAD_LETTER.REPLAY, the CSRF token and the form, and log who started what."""
+DEAD_LETTER.REPLAY, the CSRF token and the form; `ConsoleReplays` logs every replay
+with the key id that confirmed it, and these routes each dry run with the key that
+started it."""
 
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ async def start_dry_run(request: Request, user: UserDep) -> Response:
     if read.request is None:
         return _form_page(request, user, form, read.problems, 400)
     run = _replays(request).start_dry_run(read.request, user.key_id)
-    log.info("console_replay_dry_run_started", run_id=run.id, api_key_id=user.key_id)
+    log.info("console_replay_dry_run_started", run_id=run.id, key_id=user.key_id)
     return see_other(request, f"{REPLAY_PATH}/runs/{run.id}")
 
 
@@ -105,8 +107,7 @@ async def confirm_replay(request: Request, user: UserDep, run_id: str) -> Respon
     dry_run = _run(request, user, run_id)
     try:
         run = await _replays(request).confirm(run_id, user.key_id)
-    except ReplayBusy as busy:
-        log.info("console_replay_busy", dry_run_id=run_id, api_key_id=user.key_id)
+    except ReplayBusy as busy:  # logged by ConsoleReplays, with the key id
         context = {"user": user, "busy": busy, "message": str(busy)}
         return render(request, "replay_busy.html", context, 409)
     except DryRunOutdated as outdated:
