@@ -104,18 +104,15 @@ async def replay_run(request: Request, user: UserDep, run_id: str) -> Response:
 async def confirm_replay(request: Request, user: UserDep, run_id: str) -> Response:
     _may_replay(user)
     await posted_form(request, user)
-    dry_run = _run(request, user, run_id)
+    replays = _replays(request)
+    dry_run = replays.get(run_id)
     try:
-        run = await _replays(request).confirm(run_id, user.key_id)
+        run = await replays.confirm(run_id, user.key_id)
     except ReplayBusy as busy:  # logged by ConsoleReplays, with the key id
         context = {"user": user, "busy": busy, "message": str(busy)}
         return render(request, "replay_busy.html", context, 409)
     except DryRunOutdated as outdated:
-        context = {
-            "user": user,
-            "message": str(outdated),
-            "again_link": REPLAY_PATH + ReplayForm.of_request(dry_run.request).link(),
-        }
+        again = "" if dry_run is None else ReplayForm.of_request(dry_run.request).link()
+        context = {"user": user, "message": str(outdated), "again_link": REPLAY_PATH + again}
         return render(request, "replay_outdated.html", context, 409)
-    log.info("console_replay_started", run_id=run.id, dry_run_id=run_id, api_key_id=user.key_id)
     return see_other(request, f"{REPLAY_PATH}/runs/{run.id}")
