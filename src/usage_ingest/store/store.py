@@ -18,6 +18,7 @@ from usage_ingest.store.rejections import RejectionStore
 from usage_ingest.store.usage_list import UsageListStore
 from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
+from usage_ingest.store.worker_reports import WorkerReportStore
 
 
 class Store(
@@ -33,6 +34,7 @@ class Store(
     ContractStore,
     ApiKeyStore,
     RejectionListStore,
+    WorkerReportStore,
 ):
     """Usages, refusals and reference data in Postgres.
 
