@@ -19,6 +19,7 @@ from usage_ingest.store.replay_lock import ReplayLockStore
 from usage_ingest.store.usage_list import UsageListStore
 from usage_ingest.store.usage_summaries import UsageSummaryStore
 from usage_ingest.store.usages import UsageStore
+from usage_ingest.store.worker_reports import WorkerReportStore
 
 
 class Store(
@@ -35,6 +36,7 @@ class Store(
     ApiKeyStore,
     RejectionListStore,
     ReplayLockStore,
+    WorkerReportStore,
 ):
     """Usages, refusals and reference data in Postgres.
 
