@@ -37,8 +37,8 @@ class Store(
     ApiKeyStore,
     RejectionListStore,
     ReplayLockStore,
-    ConsoleSessionStore,
     WorkerReportStore,
+    ConsoleSessionStore,
 ):
     """Usages, refusals and reference data in Postgres.
 

@@ -142,6 +142,26 @@ class WorkerMetrics:
         )
         self.partitions: dict[Partition, PartitionProgress] = {}
         r.register(_PartitionCollector(self.partitions))
+        # The last readiness check's answers (group, database, broker); None before the first.
+        self.readiness_checks: dict[str, bool] | None = None
+
+    def note_readiness(self, checks: dict[str, bool]) -> bool:
+        """Keep a readiness check's answers (the worker's reports repeat them); whether
+        every one of them passed."""
+        ready = all(checks.values())
+        self.readiness_checks = dict(checks)
+        self.ready.set(1 if ready else 0)
+        return ready
+
+    def outcome_totals(self) -> dict[tuple[str, str], int]:
+        """`usage_ingest_events_total` as it stands: records by (status, code) since start."""
+        totals: dict[tuple[str, str], int] = {}
+        for family in self.events.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = (sample.labels["status"], sample.labels["code"])
+                    totals[key] = int(sample.value)
+        return totals
 
     def progress(self, partition: Partition) -> PartitionProgress:
         return self.partitions.setdefault(partition, PartitionProgress())

@@ -44,10 +44,10 @@ _TEXT = "text/plain"
 async def watch_readiness(
     metrics: WorkerMetrics, readiness: ReadinessCheck, interval_s: float = READINESS_INTERVAL_S
 ) -> None:
-    """Keep `usage_ingest_worker_ready` current even when nobody asks /readyz."""
+    """Keep `usage_ingest_worker_ready` current even when nobody asks /readyz, and the
+    checks' answers for the worker's reports (`worker.reports`)."""
     while True:
-        checks = await readiness()
-        metrics.ready.set(1 if all(checks.values()) else 0)
+        metrics.note_readiness(await readiness())
         await asyncio.sleep(interval_s)
 
 
@@ -73,8 +73,7 @@ async def _readyz(request: Request) -> Response:
     metrics: WorkerMetrics = request.app.state.metrics
     readiness: ReadinessCheck = request.app.state.readiness
     checks = await readiness()
-    ready = all(checks.values())
-    metrics.ready.set(1 if ready else 0)
+    ready = metrics.note_readiness(checks)
     body = json.dumps({"ready": ready, "checks": checks}).encode() + b"\n"
     return _answer(200 if ready else 503, _JSON, body)
 

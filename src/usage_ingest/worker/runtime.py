@@ -21,12 +21,14 @@ from usage_ingest.settings import ENV_PREFIX, Settings
 from usage_ingest.store.store import Store, open_store
 from usage_ingest.worker.metrics import Counters, WorkerMetrics
 from usage_ingest.worker.operations import (
+    READINESS_INTERVAL_S,
     OperationsServer,
     ReadinessCheck,
     serve_operations,
     watch_readiness,
 )
 from usage_ingest.worker.pipeline import Pipeline
+from usage_ingest.worker.reports import WorkerReporter, this_worker
 
 GC_THRESHOLDS = (50_000, 20, 100)
 log = structlog.get_logger("usage_ingest.worker")
@@ -82,11 +84,54 @@ async def _start(start: Callable[[], Awaitable[None]], stop: asyncio.Event) -> N
     starting.result()  # its exception, if it failed
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
+async def _start_clients(
+    settings: Settings,
+    pipeline: Pipeline,
+    producer: OutputProducer,
+    consumer: EventConsumer,
+    stop: asyncio.Event,
+) -> None:
+    """Start the producer, then join the group: retried while the broker is away."""
+
+    async def start_producer() -> None:
+        # A broker that refuses us for good (an untrusted certificate, refused SASL
+        # credentials) stops the worker with one clear line, not endless retries.
+        await refuse_bad_security(settings)
+        await producer.start()
+
+    for name, start in (("OutputProducer", start_producer), ("EventConsumer", consumer.start)):
+        await pipeline.retrying(f"start {name}", functools.partial(_start, start, stop), stop)
+    log.info(
+        "stopped_while_starting" if stop.is_set() else "worker_started",
+        topic=settings.topic_events,
+        group_id=settings.group_id,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+    )
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _being_cancelled() -> bool:
+    """Whether the running task is being cancelled: abandoned, not stopped."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def run_worker(
+    settings: Settings, stop: asyncio.Event, *, report_interval_s: float = READINESS_INTERVAL_S
+) -> Counters:
     """Run the worker until `stop` is set: the shutdown flow of SPEC.md §6.
 
     Stop fetching, finish (or after the grace, abandon) the batch in flight,
     leave the group, close the clients, and report what was done.
+
+    Every `report_interval_s` the worker checks its readiness and reports itself into the
+    database (`worker.reports`); a worker that stops (not one abandoned by cancelling its
+    task, as a kill would) says so in a last report.
     """
     store = await open_store(settings)
     producer = OutputProducer(settings)
@@ -105,25 +150,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
         return {"group": consumer.in_group, "database": database, "broker": broker}
 
     operations: OperationsServer | None = None
-    watcher = asyncio.create_task(watch_readiness(metrics, readiness))
+    watcher = asyncio.create_task(watch_readiness(metrics, readiness, report_interval_s))
+    reporter = WorkerReporter(store, metrics, this_worker(settings.group_id), report_interval_s)
+    reporting = asyncio.create_task(reporter.run())
     metrics.up.set(1)
     try:
         operations = await _serve_operations(settings, metrics, readiness)
-
-        async def start_producer() -> None:
-            # A broker that refuses us for good (an untrusted certificate, refused SASL
-            # credentials) stops the worker with one clear line, not endless retries.
-            await refuse_bad_security(settings)
-            await producer.start()
-
-        for name, start in (("OutputProducer", start_producer), ("EventConsumer", consumer.start)):
-            await pipeline.retrying(f"start {name}", functools.partial(_start, start, stop), stop)
-        log.info(
-            "stopped_while_starting" if stop.is_set() else "worker_started",
-            topic=settings.topic_events,
-            group_id=settings.group_id,
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-        )
+        await _start_clients(settings, pipeline, producer, consumer, stop)
         # What exists now (modules, clients, settings) lives as long as the worker: out of
         # the collector's sight, its collections scan only what the batches make.
         gc.freeze()
@@ -146,9 +179,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> Counters:
     finally:
         metrics.up.set(0)
         watcher.cancel()
+        await _cancel(reporting)
         # Stopping a client that never started is harmless; leaving it unclosed is not.
         await consumer.stop()
         await producer.stop()
+        if not _being_cancelled():
+            await reporter.last_report()
         await store.close()
         if operations is not None:
             operations.close()

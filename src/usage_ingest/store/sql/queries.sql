@@ -581,6 +581,73 @@ SELECT EXISTS (
 -- name: replay_unlock
 SELECT pg_advisory_unlock($1::bigint);
 
+-- ===== Worker reports (0004_worker_reports.sql): heartbeats and outcome counts ========
+
+-- name: report_worker
+-- One worker's report in one statement: its heartbeat and its outcome counts. A count
+-- is the minute's running total as the worker holds it, set (not added): a report
+-- retried after a failure whose outcome is unknown counts nothing twice.
+-- $1 worker id, $2 host, $3 pid, $4 group id, $5 ready, $6 checks (JSON as text),
+-- $7 started_at, $8 report interval (s), $9 stopping (the last report sets stopped_at),
+-- $10 minutes, $11 statuses, $12 codes, $13 counts.
+WITH heartbeat AS (
+    INSERT INTO worker_heartbeats (
+        worker_id, host, pid, group_id, ready, checks, started_at, reported_at,
+        report_interval_s, stopped_at
+    )
+    VALUES (
+        $1::text, $2, $3, $4, $5, $6::text::jsonb, $7, now(), $8,
+        CASE WHEN $9::boolean THEN now() END
+    )
+    ON CONFLICT (worker_id) DO UPDATE SET
+        ready = excluded.ready,
+        checks = excluded.checks,
+        reported_at = excluded.reported_at,
+        report_interval_s = excluded.report_interval_s,
+        stopped_at = excluded.stopped_at
+    RETURNING 1
+), counts AS (
+    INSERT INTO worker_outcome_counts (worker_id, minute, status, code, count)
+    SELECT $1::text, u.minute, u.status, u.code, u.count
+    FROM unnest($10::timestamptz[], $11::text[], $12::text[], $13::bigint[])
+        AS u(minute, status, code, count)
+    ON CONFLICT (worker_id, minute, status, code) DO UPDATE SET count = excluded.count
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM heartbeat) AS heartbeats, (SELECT count(*) FROM counts) AS counts;
+
+-- name: worker_statuses
+-- The console's overview: workers that have not stopped and reported within $1 seconds,
+-- newest report first; stale when three of their report intervals passed without one.
+SELECT worker_id, host, pid, ready, checks, started_at, reported_at,
+    reported_at < now() - 3 * report_interval_s * interval '1 second' AS stale
+FROM worker_heartbeats
+WHERE stopped_at IS NULL AND reported_at >= now() - $1::double precision * interval '1 second'
+ORDER BY reported_at DESC, worker_id;
+
+-- name: outcome_counts
+-- The console's chart: outcomes per minute summed over the workers, from the minute
+-- holding $1 on, oldest first.
+SELECT minute, status, code, sum(count)::bigint AS count
+FROM worker_outcome_counts
+WHERE minute >= date_trunc('minute', $1::timestamptz)
+GROUP BY minute, status, code
+ORDER BY minute, status, code;
+
+-- name: prune_worker_reports
+-- Outcome counts of minutes older than $1 seconds, and heartbeats (of workers stopped
+-- or gone) not renewed for $2 seconds; returns how many rows of each went.
+WITH counts AS (
+    DELETE FROM worker_outcome_counts
+    WHERE minute < now() - $1::double precision * interval '1 second'
+    RETURNING 1
+), heartbeats AS (
+    DELETE FROM worker_heartbeats
+    WHERE reported_at < now() - $2::double precision * interval '1 second'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM counts) AS counts, (SELECT count(*) FROM heartbeats) AS heartbeats;
+
 -- ====================================================================
 -- The operations console: its sessions
 -- ====================================================================
