@@ -11,6 +11,7 @@ Each view is photographed into build/console/ for the README.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -26,11 +27,11 @@ from tests.support.cli import ApiProcess, cli_env, run_cli
 from tests.support.database import create_database, load_demo_reference
 from tests.support.events import Outgoing, produce
 from tests.support.settings import create_topics, make_settings
-from tests.support.worker import RunningWorker
 from usage_ingest.api.keys import Permission
 from usage_ingest.domain.reference import ReferenceFile
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
+from usage_ingest.worker.runtime import run_worker
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -54,6 +55,7 @@ LATE_INVENTORY = {
     ]
 }
 LATE, UNKNOWN = 8, 2  # NO_INVENTORY refusals (fixed later), UNKNOWN_PRODUCT (never)
+REPORT_INTERVAL_S = 1.0  # the worker's reports, which the overview shows, every second
 
 
 def usage_event(reference: str, product: str) -> bytes:
@@ -213,22 +215,37 @@ async def see_them_resolved(page: Page, world: World) -> None:
     await shoot(page, "lookup")
 
 
+async def see_the_overview_caught_up(page: Page, world: World) -> None:
+    """The lag is gone, the worker reports itself ready, the chart counts the outcomes."""
+    await page.goto(world.url("/console"))
+    await expect(page.locator("#offset-lag")).to_have_text("0", timeout=WAIT_MS)
+    await expect(page.locator("#workers tbody tr")).to_have_attribute(
+        "data-ready", "true", timeout=WAIT_MS
+    )
+    await expect(page.locator("#total-created")).to_have_text(str(LATE), timeout=WAIT_MS)
+    await expect(page.locator("#total-rejected")).to_have_text(str(LATE + UNKNOWN))
+    await expect(page.locator("table.by-code")).to_contain_text("NO_INVENTORY")
+    await shoot(page, "overview")
+
+
 async def test_the_fix_and_replay_loop_in_the_browser(browser: Browser, world: World) -> None:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
-    worker: RunningWorker | None = None
+    stop = asyncio.Event()
+    worker: asyncio.Task[Any] | None = None
     try:
         await sign_in(page, world)
         await watch_the_lag_grow(page, world)
-        worker = RunningWorker(world.settings).start()
+        worker = asyncio.create_task(
+            run_worker(world.settings, stop, report_interval_s=REPORT_INTERVAL_S)
+        )
         await see_the_refusals(page, world)
         await load_the_fix(world)
         await replay_from_the_page(page, world)
         await see_them_resolved(page, world)
-        await page.goto(world.url("/console"))
-        await expect(page.locator("#offset-lag")).to_have_text("0", timeout=WAIT_MS)
-        await shoot(page, "overview")
+        await see_the_overview_caught_up(page, world)
     finally:
         await context.close()
+        stop.set()
         if worker is not None:
-            await worker.stop()
+            await asyncio.wait_for(worker, WAIT_MS / 1000)
