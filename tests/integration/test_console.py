@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 import pytest
+import structlog
 
 from tests.support.api import add_key, unique
 from tests.support.cli import cli_env, run_cli
@@ -352,3 +353,21 @@ async def test_every_page_forbids_framing_inline_script_and_caching(console: Con
         assert script.headers["content-type"].startswith("text/javascript")
         assert script.headers["x-content-type-options"] == "nosniff"
         assert (await client.get("/console/static/../app.py")).status_code == 404
+
+
+async def test_each_console_request_is_logged_with_the_key_id_never_the_key(
+    console: Console,
+) -> None:
+    key = await console.key(Permission.USAGE_READ)
+    key_id = str(api_keys.key_id_of(key))
+    async with console.client() as client:
+        with structlog.testing.capture_logs() as logs:
+            await sign_in(client, key)
+            await client.get("/console/refusals")
+    requests = [(e["route"], e["api_key_id"]) for e in logs if e["event"] == "api_request"]
+    assert requests == [
+        ("/console/sign-in", None),
+        ("/console/sign-in", key_id),
+        ("/console/refusals", key_id),
+    ]
+    assert key not in repr(logs)

@@ -34,7 +34,7 @@ log = structlog.get_logger("usage_ingest.api.console")
 T = TypeVar("T")
 
 CACHE_TTL_S = 2.0
-BROKER_TIMEOUT_S = 3.0
+READ_TIMEOUT_S = 3.0  # for each source: the broker, the workers' reports, the outcomes
 CHART_MINUTES = 60
 # The window of UsageIngestRejectionRateHigh's rate().
 RATIO_WINDOW = timedelta(minutes=10)
@@ -88,7 +88,7 @@ class BrokerViewCache:
         settings = self._settings
         lag_read = asyncio.wait_for(
             self._read_lag(settings, settings.group_id, [settings.topic_events]),
-            BROKER_TIMEOUT_S,
+            READ_TIMEOUT_S,
         )
         lag, ready = await asyncio.gather(
             lag_read, self._check_broker(settings), return_exceptions=True
@@ -161,7 +161,7 @@ class Overview:
 
 async def _guarded(what: str, call: Awaitable[T], problems: dict[str, str]) -> T | None:
     try:
-        return await asyncio.wait_for(call, BROKER_TIMEOUT_S)
+        return await asyncio.wait_for(call, READ_TIMEOUT_S)
     except _UNAVAILABLE as exc:
         log.warning("console_source_unavailable", source=what, error=str(exc))
         problems[what] = str(exc) or type(exc).__name__
