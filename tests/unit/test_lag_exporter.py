@@ -205,3 +205,27 @@ async def test_a_port_in_use_fails_at_start_with_one_clear_error() -> None:
             ConfigurationError, match=rf"cannot serve lag metrics on 127.0.0.1:{port}"
         ):
             await serve_lag_metrics(Settings(), options, asyncio.Event())
+
+
+@pytest.mark.parametrize(
+    ("args", "refused"),
+    [
+        (["--json"], "--json"),
+        (["--max-lag", "5", "--watch", "2"], "--max-lag, --watch"),
+        (["--max-time-lag", "0"], "--max-time-lag"),
+    ],
+)
+def test_serve_refuses_the_options_of_the_printed_report(args: list[str], refused: str) -> None:
+    from click.testing import CliRunner
+
+    from usage_ingest.cli import main
+
+    with socket.socket() as taken:  # were the options not refused, it would fail at once
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = CliRunner().invoke(main, ["lag", "--serve", port, *args])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"usage-ingest: lag: --serve cannot be combined with {refused} (see --help)"
+    ]

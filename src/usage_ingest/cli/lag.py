@@ -55,7 +55,7 @@ _PIPE_WIDTH = 250
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=1),
+    type=click.FloatRange(min=0.5),
     default=15.0,
     show_default=True,
     help="With --serve: read the group every S seconds.",
@@ -84,7 +84,7 @@ def lag(
     if serve_port is not None:
         _refuse_with_serve(
             {
-                "--json": as_json,
+                "--json": as_json or None,
                 "--max-lag": max_lag,
                 "--max-time-lag": max_time_lag,
                 "--watch": watch,
@@ -109,7 +109,7 @@ def lag(
 
 def _refuse_with_serve(printing: dict[str, object]) -> None:
     """--serve prints nothing: the options of the printed report mean nothing with it."""
-    given = [flag for flag, value in printing.items() if value not in (None, False)]
+    given = [flag for flag, value in printing.items() if value is not None]
     if given:
         flags = ", ".join(given)
         fail(f"lag: --serve cannot be combined with {flags} (see --help)", code=ExitCode.USAGE)
