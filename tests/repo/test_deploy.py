@@ -207,7 +207,7 @@ def test_every_usage_ingest_variable_is_a_setting() -> None:
 
 
 def test_every_service_of_ours_reaches_kafka_and_postgres() -> None:
-    assert set(ours()) == {"migrate", "worker", "api"}
+    assert set(ours()) == {"migrate", "worker", "api", "lag-exporter"}
     for name, service in ours().items():
         env = environment(service)
         settings = Settings(**{k.removeprefix(ENV_PREFIX).lower(): v for k, v in env.items()})
@@ -272,6 +272,11 @@ def test_docker_compose_up_comes_up_in_order() -> None:
     }
     assert depends_on(services()["worker"]) == everything
     assert depends_on(services()["api"]) == everything
+    # The lag exporter reads the broker only: it reports even while Postgres is away.
+    assert depends_on(services()["lag-exporter"]) == {
+        "kafka": "service_healthy",
+        "kafka-topics": "service_completed_successfully",
+    }
     assert depends_on(services()["migrate"]) == {"postgres": "service_healthy"}
     assert depends_on(services()["kafka-topics"]) == {"kafka": "service_healthy"}
     assert one_shots() == {"kafka-topics", "migrate"}
@@ -314,6 +319,27 @@ def test_kafka_runs_in_kraft_mode_and_the_topics_are_created() -> None:
     env = environment(topics)
     assert int(env["EVENTS_PARTITIONS"]) >= int(services()["worker"]["deploy"]["replicas"])
     assert int(env["DLQ_RETENTION_MS"]) >= 30 * 24 * 3600 * 1000  # dead letters wait for a fix
+
+
+def test_the_lag_exporter_serves_the_port_its_healthcheck_and_prometheus_ask() -> None:
+    from usage_ingest.cli.lag import lag
+
+    exporter = services()["lag-exporter"]
+    command = command_of(exporter)
+    assert command[:2] == ["lag", "--serve"]
+    # The command line is one `usage-ingest lag` accepts (parsed, not run).
+    context = lag.make_context("lag", command[1:])
+    port = context.params["serve_port"]
+    assert port != DEFAULTS.metrics_port, "the workers' port"
+    test = exporter["healthcheck"]["test"]
+    assert "/healthz" in " ".join(test)
+    assert port_of(test) == port
+    config = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    [targets] = jobs["usage-ingest-lag"]["static_configs"]
+    assert targets["targets"] == [f"lag-exporter:{port}"]
+    # The alert that says the exporter is gone looks for this job.
+    assert 'job="usage-ingest-lag"' in (ROOT / "ops" / "prometheus-alerts.yml").read_text()
 
 
 # --------------------------------------------------------------------------- monitoring profile

@@ -15,7 +15,7 @@ import click
 from usage_ingest.cli.common import settings_options
 from usage_ingest.errors import ExitCode
 from usage_ingest.lag import breaches, read_lag_report, render
-from usage_ingest.process import run_async
+from usage_ingest.process import fail, run_async, with_stop_signals
 from usage_ingest.settings import Settings
 
 _PIPE_WIDTH = 250
@@ -39,6 +39,27 @@ _PIPE_WIDTH = 250
 @click.option(
     "--watch", type=click.FloatRange(min=0.5), default=None, help="Refresh every S seconds."
 )
+@click.option(
+    "--serve",
+    "serve_port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="PORT",
+    help="Serve the lag as Prometheus metrics on PORT (/metrics, /healthz) until stopped.",
+)
+@click.option(
+    "--host",
+    default="0.0.0.0",  # noqa: S104 - scraped from outside the host or pod
+    show_default=True,
+    help="Address --serve listens on.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.5),
+    default=15.0,
+    show_default=True,
+    help="With --serve: read the group every S seconds.",
+)
 @settings_options
 def lag(
     group: str | None,
@@ -47,18 +68,35 @@ def lag(
     max_lag: int | None,
     max_time_lag: float | None,
     watch: float | None,
+    serve_port: int | None,
+    host: str,
+    interval: float,
     settings: Settings,
 ) -> None:
     """Consumer lag of a group: offsets and time behind, per partition, with the group's state.
 
     Works whether or not a worker is running. With --max-lag or --max-time-lag it exits 1
-    when a threshold is exceeded, for cron jobs and alerting.
+    when a threshold is exceeded, for cron jobs and alerting. With --serve PORT it serves
+    the same figures as Prometheus metrics, read from the broker every --interval seconds.
     """
+    group_id = group or settings.group_id
+    topic_list = list(topics) or [settings.topic_events]
+    if serve_port is not None:
+        _refuse_with_serve(
+            {
+                "--json": as_json or None,
+                "--max-lag": max_lag,
+                "--max-time-lag": max_time_lag,
+                "--watch": watch,
+            }
+        )
+        serve_lag(settings, group_id, topic_list, host=host, port=serve_port, interval=interval)
+        return
     exceeded = run_async(
         show_lag(
             settings,
-            group or settings.group_id,
-            list(topics) or [settings.topic_events],
+            group_id,
+            topic_list,
             as_json=as_json,
             max_lag=max_lag,
             max_time_lag=max_time_lag,
@@ -67,6 +105,24 @@ def lag(
     )
     if exceeded:
         sys.exit(ExitCode.FAILED)
+
+
+def _refuse_with_serve(printing: dict[str, object]) -> None:
+    """--serve prints nothing: the options of the printed report mean nothing with it."""
+    given = [flag for flag, value in printing.items() if value is not None]
+    if given:
+        flags = ", ".join(given)
+        fail(f"lag: --serve cannot be combined with {flags} (see --help)", code=ExitCode.USAGE)
+
+
+def serve_lag(
+    settings: Settings, group_id: str, topics: list[str], *, host: str, port: int, interval: float
+) -> None:
+    """Serve the lag metrics until SIGTERM or SIGINT."""
+    from usage_ingest.lag_exporter import ExporterOptions, serve_lag_metrics
+
+    options = ExporterOptions(group_id, topics, host, port, interval)
+    with_stop_signals(lambda stop: serve_lag_metrics(settings, options, stop))
 
 
 async def show_lag(

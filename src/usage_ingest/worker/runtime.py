@@ -57,7 +57,10 @@ async def _serve_operations(
 
 async def _database_answers(store: Store) -> bool:
     try:
-        await asyncio.wait_for(store.ping(), READINESS_TIMEOUT_S)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # lands as the ping completes, and a stop would then wait for the next check.
+        async with asyncio.timeout(READINESS_TIMEOUT_S):
+            await store.ping()
     except (DependencyUnavailable, TimeoutError):
         return False
     return True

@@ -66,7 +66,8 @@ async def prometheus_metrics(metrics: MetricsDep) -> Response:
 
 async def _database_reachable(store: Store, timeout_s: float = 2.0) -> bool:
     try:
-        await asyncio.wait_for(store.ping(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for, which on 3.11 can swallow a cancel
+            await store.ping()
     except (DependencyUnavailable, TimeoutError):
         return False
     return True
