@@ -86,12 +86,10 @@ class BrokerViewCache:
 
     async def _read(self) -> BrokerView:
         settings = self._settings
-        lag_read = asyncio.wait_for(
-            self._read_lag(settings, settings.group_id, [settings.topic_events]),
-            READ_TIMEOUT_S,
-        )
         lag, ready = await asyncio.gather(
-            lag_read, self._check_broker(settings), return_exceptions=True
+            _within(self._read_lag(settings, settings.group_id, [settings.topic_events])),
+            self._check_broker(settings),
+            return_exceptions=True,
         )
         if isinstance(lag, BaseException) and not isinstance(lag, _UNAVAILABLE):
             raise lag
@@ -101,6 +99,13 @@ class BrokerViewCache:
             log.warning("console_lag_unavailable", error=str(lag) or type(lag).__name__)
             return BrokerView(None, str(lag) or "the broker did not answer in time", ready)
         return BrokerView(lag, None, ready)
+
+
+async def _within(call: Awaitable[T]) -> T:
+    """`call`, or TimeoutError after READ_TIMEOUT_S (asyncio.timeout, not wait_for, which
+    on 3.11 can swallow a cancellation that lands as the call completes)."""
+    async with asyncio.timeout(READ_TIMEOUT_S):
+        return await call
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +166,7 @@ class Overview:
 
 async def _guarded(what: str, call: Awaitable[T], problems: dict[str, str]) -> T | None:
     try:
-        return await asyncio.wait_for(call, READ_TIMEOUT_S)
+        return await _within(call)
     except _UNAVAILABLE as exc:
         log.warning("console_source_unavailable", source=what, error=str(exc))
         problems[what] = str(exc) or type(exc).__name__

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from usage_ingest import alert_thresholds
+from usage_ingest.api.console import overview
 from usage_ingest.api.console.overview import Alerts, BrokerViewCache, alerts_of, read_overview
 from usage_ingest.errors import BrokerUnavailable, StoreUnavailable
 from usage_ingest.lag import LagReport, PartitionLag
@@ -209,3 +210,12 @@ async def test_a_source_that_fails_is_unavailable_and_the_rest_still_shows() -> 
     assert view.problems == {"workers": "NotImplementedError", "outcomes": "outcomes: timeout"}
     assert view.broker.lag is not None
     assert not view.alerts.no_worker
+
+
+async def test_a_broker_that_hangs_is_unavailable_after_the_read_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(overview, "READ_TIMEOUT_S", 0.01)
+    view = await cache_of(FakeBroker(gate=asyncio.Event()), Clock()).get()  # never opened
+    assert view.lag is None
+    assert view.lag_error == "the broker did not answer in time"
