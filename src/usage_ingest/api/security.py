@@ -14,6 +14,8 @@ from usage_ingest.api import keys as api_keys
 from usage_ingest.api.deps import get_store
 from usage_ingest.api.errors import ApiError, ApiErrorCode
 from usage_ingest.api.keys import Permission
+from usage_ingest.store.api_keys import ApiKeyRecord
+from usage_ingest.store.store import Store
 
 # Where the key id of an authorized request is kept, for the request log.
 KEY_ID_SCOPE = "usage_ingest.api_key_id"
@@ -50,6 +52,17 @@ def _presented_key(request: Request) -> str | None:
     return header or bearer or None
 
 
+async def known_key(store: Store, key: str) -> ApiKeyRecord | None:
+    """The record of `key` when it names a stored key, matches its hash (compared in
+    constant time, also for an unknown key id) and is not revoked; else None."""
+    key_id = api_keys.key_id_of(key)
+    record = await store.find_api_key(key_id) if key_id else None
+    valid = api_keys.matches(key, record.key_hash if record else None)
+    if record is None or not valid or record.revoked_at is not None:
+        return None
+    return record
+
+
 async def authorize(request: Request, permission: Permission) -> None:
     store = get_store(request)
     key = _presented_key(request)
@@ -60,10 +73,8 @@ async def authorize(request: Request, permission: Permission) -> None:
             "an API key is required: send it as X-API-KEY or Authorization: Bearer",
             headers=_WWW_AUTHENTICATE,
         )
-    key_id = api_keys.key_id_of(key)
-    record = await store.find_api_key(key_id) if key_id else None
-    valid = api_keys.matches(key, record.key_hash if record else None)
-    if record is None or not valid or record.revoked_at is not None:
+    record = await known_key(store, key)
+    if record is None:
         raise ApiError.one(
             401,
             ApiErrorCode.UNAUTHORIZED,

@@ -11,6 +11,7 @@ Driver errors leave the store as the project's own: `StoreUnavailable`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import AsyncIterator
@@ -20,7 +21,12 @@ from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 
-from usage_ingest.errors import StatementTimedOut, StoreRefusedData, StoreUnavailable
+from usage_ingest.errors import (
+    DependencyUnavailable,
+    StatementTimedOut,
+    StoreRefusedData,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -146,3 +152,15 @@ class PooledStore:
     async def ping(self) -> None:
         async with _translated_errors("ping"):
             await self._pool.fetchval("SELECT 1")
+
+    async def answers(self, timeout_s: float) -> bool:
+        """Whether the database answers `SELECT 1` within `timeout_s`: the readiness
+        check of the worker, the API and the console."""
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that lands as the ping completes, and a stop would then wait for no reason.
+            async with asyncio.timeout(timeout_s):
+                await self.ping()
+        except (DependencyUnavailable, TimeoutError):
+            return False
+        return True

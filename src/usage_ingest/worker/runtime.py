@@ -18,7 +18,7 @@ from usage_ingest.kafka.connection import broker_answers, refuse_bad_security
 from usage_ingest.kafka.consumer import EventConsumer
 from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.settings import ENV_PREFIX, Settings
-from usage_ingest.store.store import Store, open_store
+from usage_ingest.store.store import open_store
 from usage_ingest.worker.metrics import Counters, WorkerMetrics
 from usage_ingest.worker.operations import (
     READINESS_INTERVAL_S,
@@ -53,17 +53,6 @@ async def _serve_operations(
         ) from exc
     log.info("operations_server_started", host=settings.metrics_host, port=settings.metrics_port)
     return server
-
-
-async def _database_answers(store: Store) -> bool:
-    try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
-        # lands as the ping completes, and a stop would then wait for the next check.
-        async with asyncio.timeout(READINESS_TIMEOUT_S):
-            await store.ping()
-    except (DependencyUnavailable, TimeoutError):
-        return False
-    return True
 
 
 async def _start(start: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
@@ -149,7 +138,9 @@ async def run_worker(
     pipeline = Pipeline(settings, store, consumer, producer, metrics=metrics)
 
     async def readiness() -> dict[str, bool]:
-        database, broker = await asyncio.gather(_database_answers(store), broker_answers(settings))
+        database, broker = await asyncio.gather(
+            store.answers(READINESS_TIMEOUT_S), broker_answers(settings)
+        )
         return {"group": consumer.in_group, "database": database, "broker": broker}
 
     operations: OperationsServer | None = None

@@ -21,7 +21,7 @@ import structlog
 
 from usage_ingest import alert_thresholds
 from usage_ingest.api.console.chart import Chart, outcome_chart, rejection_ratio
-from usage_ingest.api.routes.operations import _database_reachable
+from usage_ingest.api.routes.operations import READINESS_TIMEOUT_S
 from usage_ingest.errors import UsageIngestError
 from usage_ingest.kafka.connection import broker_answers
 from usage_ingest.lag import LagReport, read_lag_report
@@ -179,7 +179,7 @@ async def read_overview(store: Store, cache: BrokerViewCache) -> Overview:
     problems: dict[str, str] = {}
     broker, database, workers, counts = await asyncio.gather(
         cache.get(),
-        _database_reachable(store),
+        store.answers(READINESS_TIMEOUT_S),
         _guarded("workers", store.worker_statuses(), problems),
         _guarded("outcomes", store.outcome_counts(since), problems),
     )

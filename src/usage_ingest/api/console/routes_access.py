@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from usage_ingest.api import keys as api_keys
 from usage_ingest.api.console import access
 from usage_ingest.api.console.pages import ConsoleRoute, render, see_other
 from usage_ingest.api.console.session import (
@@ -21,8 +20,7 @@ from usage_ingest.api.console.session import (
 )
 from usage_ingest.api.deps import get_store
 from usage_ingest.api.keys import Permission
-from usage_ingest.api.security import KEY_ID_SCOPE
-from usage_ingest.store.api_keys import ApiKeyRecord
+from usage_ingest.api.security import KEY_ID_SCOPE, known_key
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
@@ -53,17 +51,6 @@ async def sign_in_form(request: Request) -> Response:
     return _sign_in_page(request, token)
 
 
-async def _known_key(request: Request, key: str) -> ApiKeyRecord | None:
-    """The key's record when the key is valid and not revoked, checked as
-    `api.security.authorize` checks a presented key."""
-    key_id = api_keys.key_id_of(key)
-    record = await get_store(request).find_api_key(key_id) if key_id else None
-    valid = api_keys.matches(key, record.key_hash if record else None)
-    if record is None or not valid or record.revoked_at is not None:
-        return None
-    return record
-
-
 @router.post("/console/sign-in")
 async def sign_in(request: Request) -> Response:
     check_origin(request)
@@ -72,7 +59,7 @@ async def sign_in(request: Request) -> Response:
     check_csrf(request, pre_session, form)
     assert pre_session is not None  # checked by check_csrf
     key = form.get("key", [""])[0].strip()
-    record = await _known_key(request, key) if key else None
+    record = await known_key(get_store(request), key) if key else None
     if record is None:
         return _sign_in_page(request, pre_session, "The API key is unknown or revoked.", 401)
     request.scope[KEY_ID_SCOPE] = record.key_id

@@ -163,9 +163,8 @@ class FakeStore:
     database_up: bool = True
     since: list[datetime] = field(default_factory=list)
 
-    async def ping(self) -> None:
-        if not self.database_up:
-            raise StoreUnavailable("ping: connection refused")
+    async def answers(self, timeout_s: float) -> bool:
+        return self.database_up
 
     async def worker_statuses(self) -> list[WorkerStatus]:
         if isinstance(self.workers, Exception):

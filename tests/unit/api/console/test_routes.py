@@ -48,8 +48,8 @@ class FakeStore:
             return None
         return ConsoleSession("0123456789ab", "on-call", self.permissions, False, NOW)
 
-    async def ping(self) -> None:
-        return None
+    async def answers(self, timeout_s: float) -> bool:
+        return True
 
     async def worker_statuses(self) -> list[WorkerStatus]:
         if self.workers is None:
