@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -305,7 +306,9 @@ def processes_mentioning(*ports: int) -> list[str]:
 def test_dev_runs_the_printed_sample_then_stops_everything_on_sigint(tmp_path: Path) -> None:
     kafka_port = free_port()
     out, err = tmp_path / "out", tmp_path / "err"
-    with background(["dev", "--kafka-port", str(kafka_port)], user_env(), out, err) as proc:
+    api_port = free_port()
+    command_line = ["dev", "--kafka-port", str(kafka_port), "--api-port", str(api_port)]
+    with background(command_line, user_env(), out, err) as proc:
 
         def banner() -> list[str] | None:
             lines = out.read_text().splitlines()
@@ -346,6 +349,20 @@ def test_dev_runs_the_printed_sample_then_stops_everything_on_sigint(tmp_path: P
             return False
 
         wait_for(created, f"created outcome line for {reference}", 30, proc)
+        # The API and its console run beside the worker, and the printed key reads with it.
+        assert any(f"Console         : http://127.0.0.1:{api_port}/console" in x for x in lines)
+        (key_line,) = [line for line in lines if "API key" in line]
+        key = key_line.split(":", 1)[1].split()[0]
+        stored = httpx.get(
+            f"http://127.0.0.1:{api_port}/usages/{reference}",
+            headers={"X-API-KEY": key},
+            timeout=10,
+        )
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["externalReference"] == reference
+        sign_in = httpx.get(f"http://127.0.0.1:{api_port}/console/sign-in", timeout=10)
+        assert sign_in.status_code == 200
+        assert key not in sign_in.text
         code, took = exit_code_after(proc, signal.SIGINT, 30)
     assert code == 0, err.read_text()
     assert "Traceback" not in err.read_text()

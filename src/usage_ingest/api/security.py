@@ -5,6 +5,7 @@ An operation names the permission it needs in its OpenAPI `x-required-permission
 `authorize` before the body is read.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import Request, Security
@@ -14,6 +15,7 @@ from usage_ingest.api import keys as api_keys
 from usage_ingest.api.deps import get_store
 from usage_ingest.api.errors import ApiError, ApiErrorCode
 from usage_ingest.api.keys import Permission
+from usage_ingest.errors import UsageIngestError
 from usage_ingest.store.api_keys import ApiKeyRecord
 from usage_ingest.store.store import Store
 
@@ -50,6 +52,16 @@ def _presented_key(request: Request) -> str | None:
             headers=_WWW_AUTHENTICATE,
         )
     return header or bearer or None
+
+
+async def issue_key(store: Store, name: str, permissions: Iterable[str]) -> api_keys.NewKey:
+    """Create a key named `name` with `permissions` and store its hash; the key itself
+    is in the result only, to be shown once."""
+    for _ in range(5):  # a taken key id (12 hex digits) is drawn again
+        new = api_keys.generate()
+        if await store.create_api_key(new.key_id, name, new.key_hash, sorted(set(permissions))):
+            return new
+    raise UsageIngestError("could not draw an unused key id")
 
 
 async def known_key(store: Store, key: str) -> ApiKeyRecord | None:

@@ -18,8 +18,9 @@ from usage_ingest.store.store import open_store
 log = structlog.get_logger("usage_ingest.api")
 
 
-def _listen(host: str, port: int) -> list[socket.socket]:
+def listen_api(settings: Settings) -> list[socket.socket]:
     """Bind first, so that a taken port is one clear line, not a server log."""
+    host, port = settings.api_host, settings.api_port
     try:
         return listen(host, port)
     except OSError as exc:
@@ -38,9 +39,13 @@ async def _close_console_replays(replays: ConsoleReplays) -> None:
         log.exception("console_replays_close_failed")
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the API until `stop` is set; then finish the requests in flight and close."""
-    sockets = _listen(settings.api_host, settings.api_port)
+async def serve(
+    settings: Settings, stop: asyncio.Event, sockets: list[socket.socket] | None = None
+) -> None:
+    """Serve the API until `stop` is set; then finish the requests in flight and close.
+    On `sockets` when given (bound by `listen_api`), else on the settings' host and port."""
+    if sockets is None:
+        sockets = listen_api(settings)
     store = await open_store(
         settings, statement_budget_s=settings.api_statement_budget_s, custom_plans=True
     )

@@ -8,7 +8,7 @@ import click
 
 from usage_ingest.api.keys import Permission
 from usage_ingest.cli.common import settings_options
-from usage_ingest.errors import ExitCode, UsageIngestError
+from usage_ingest.errors import ExitCode
 from usage_ingest.process import fail, run_async, with_stop_signals
 from usage_ingest.settings import Settings
 
@@ -58,18 +58,12 @@ def api_key_create(name: str, permissions: tuple[str, ...], settings: Settings) 
     """Create a key; print it, alone, on standard output.
 
     The key is shown only this once: only its hash is stored."""
-    from usage_ingest.api.keys import generate
+    from usage_ingest.api.security import issue_key
     from usage_ingest.store.store import store_session
 
     async def go() -> Any:
         async with store_session(settings) as store:
-            for _ in range(5):  # a taken key id (12 hex digits) is drawn again
-                new = generate()
-                if await store.create_api_key(
-                    new.key_id, name, new.key_hash, sorted(set(permissions))
-                ):
-                    return new
-            raise UsageIngestError("could not draw an unused key id")
+            return await issue_key(store, name, permissions)
 
     new = run_async(go())
     click.echo(new.key)

@@ -17,7 +17,8 @@ from usage_ingest.settings import Settings
 @click.option("--postgres-port", type=int, default=None, help="Port of the embedded Postgres.")
 @settings_options_but("kafka_bootstrap_servers", "database_url")
 def dev(kafka_port: int | None, postgres_port: int | None, settings: Settings) -> None:
-    """Start an embedded broker and Postgres, set them up with demo data, run the worker."""
+    """Start an embedded broker and Postgres, set them up with demo data, run the worker
+    and the HTTP API with its console (--api-port; a key is printed to sign in with)."""
     from usage_ingest.dev.run import run_dev
 
     run_dev(settings, kafka_port=kafka_port, postgres_port=postgres_port)

@@ -15,6 +15,9 @@ from typing import TextIO
 import click
 from pydantic import SecretStr
 
+from usage_ingest.api.keys import Permission
+from usage_ingest.api.security import issue_key
+from usage_ingest.api.server import listen_api, serve
 from usage_ingest.dev.broker import EmbeddedBroker
 from usage_ingest.dev.postgres import EmbeddedPostgres
 from usage_ingest.domain.records import OutputRecord
@@ -66,23 +69,34 @@ def run_dev(settings: Settings, kafka_port: int | None, postgres_port: int | Non
 
 
 async def _dev_main(settings: Settings, database_url: str, stop: asyncio.Event) -> None:
+    # Bound first: a taken port is one clear line before anything else starts.
+    api_sockets = listen_api(settings)
     async with store_session(settings) as store:
         await store.migrate()
         await store.load_reference(demo_reference())
+        # Every permission, for the console and the HTTP API on this throwaway database.
+        key = await issue_key(store, "usage-ingest dev", [p.value for p in Permission])
     await ensure_topics(settings, [settings.topic_events], partitions=INPUT_PARTITIONS)
     await ensure_topics(settings, settings.output_topics)
-    _print_banner(settings, database_url)
+    host, port = api_sockets[0].getsockname()[:2]
+    _print_banner(settings, database_url, f"http://{host}:{port}", key.key)
     tail = asyncio.create_task(
         follow(settings, [settings.topic_accepted, settings.topic_rejected], _print_outcome, stop)
     )
+    services = [
+        asyncio.create_task(run_worker(settings, stop)),
+        asyncio.create_task(serve(settings, stop, api_sockets)),
+    ]
     try:
-        await run_worker(settings, stop)
+        for finished in asyncio.as_completed(services):
+            await finished  # one that fails raises here
+            stop.set()  # one that ended by itself: end the rest too
     finally:
-        stop.set()  # the worker ended (or failed): end the outcome printer too
-        await tail
+        stop.set()  # end the other service and the outcome printer
+        await asyncio.gather(*services, tail, return_exceptions=True)
 
 
-def _print_banner(settings: Settings, database_url: str) -> None:
+def _print_banner(settings: Settings, database_url: str, api_url: str, key: str) -> None:
     command = _own_command()
     sample = json.dumps(SAMPLE_EVENT)
     click.echo(
@@ -92,11 +106,14 @@ def _print_banner(settings: Settings, database_url: str) -> None:
         f"  Input topic     : {settings.topic_events} ({INPUT_PARTITIONS} partitions)\n"
         f"  Outcomes        : {settings.topic_accepted}, {settings.topic_rejected}"
         f"; dead letters: {settings.topic_dlq}\n"
-        "  Demo data       : debtor 1, contract 1, product item 'demo.usage'\n\n"
+        "  Demo data       : debtor 1, contract 1, product item 'demo.usage'\n"
+        f"  HTTP API        : {api_url}\n"
+        f"  Console         : {api_url}/console\n"
+        f"  API key         : {key} (every permission; sign in to the console with it)\n\n"
         "Send a sample event from another terminal:\n"
         f"  echo {shlex.quote(sample)} | {command} produce "
         f"--kafka-bootstrap-servers {settings.kafka_bootstrap_servers}\n\n"
-        "Outcomes appear below. Ctrl-C stops the worker, the broker and Postgres.\n",
+        "Outcomes appear below. Ctrl-C stops the worker, the API, the broker and Postgres.\n",
         err=False,
     )
 
