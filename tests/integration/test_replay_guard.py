@@ -1,6 +1,7 @@
 """One replay per replay group at a time, with the real broker and Postgres: the
 console's confirmations against each other and against `usage-ingest replay`, a
-confirmation after another replay moved the group, and a lock lost mid-run.
+confirmation after another replay moved the group, one after more dead letters arrived,
+and a lock lost mid-run.
 
 The dead letters are written straight to the dead-letter topic (no worker runs), so
 every record on the input topic is one a replay sent: counting them shows what was
@@ -106,24 +107,28 @@ class World:
         return self.settings.topic_events
 
 
-@pytest.fixture
-async def world(kafka_bootstrap: str, database_url: str) -> AsyncIterator[World]:
-    # Batches of two: a run of five dead letters publishes three batches.
-    settings = make_settings(kafka_bootstrap, database_url, batch_max_records=2)
-    await ensure_topics(settings, [settings.topic_events, settings.topic_dlq])
-    references = [f"dl-{i}" for i in range(LETTERS)]
+async def produce_letters(settings: Settings, references: Sequence[str]) -> None:
+    """Dead letters of retryable refusals, straight onto the dead-letter topic."""
     headers = [
         ("usage-ingest.error.code", b"NO_INVENTORY"),
         ("usage-ingest.error.retryable", b"true"),
         ("usage-ingest.replay-count", b"0"),
     ]
     await produce_values(
-        kafka_bootstrap,
+        settings.kafka_bootstrap_servers,
         settings.topic_dlq,
         [json.dumps({"externalReference": r}).encode() for r in references],
         keys=[r.encode() for r in references],
-        headers=[headers] * LETTERS,
+        headers=[headers] * len(references),
     )
+
+
+@pytest.fixture
+async def world(kafka_bootstrap: str, database_url: str) -> AsyncIterator[World]:
+    # Batches of two: a run of five dead letters publishes three batches.
+    settings = make_settings(kafka_bootstrap, database_url, batch_max_records=2)
+    await ensure_topics(settings, [settings.topic_events, settings.topic_dlq])
+    await produce_letters(settings, [f"dl-{i}" for i in range(LETTERS)])
     world = World(settings, database_url, asyncio.Event(), [], [])
     yield world
     world.gate.set()
@@ -192,6 +197,27 @@ async def test_a_confirmation_after_another_replay_moved_the_group_is_outdated(
         await replays.confirm(dry.id, "key-op")
     assert replays.latest() is None
     assert await world.replayed(1) == {"dl-0": 1}
+
+
+async def test_a_confirmation_replays_what_its_dry_run_read_not_what_arrived_since(
+    world: World,
+) -> None:
+    replays = await world.console()
+    dry = await dry_run(replays)
+    later = [f"late-{i}" for i in range(3)]
+    await produce_letters(world.settings, later)
+    world.gate.set()
+    replay = await finished(await replays.confirm(dry.id, "key-op"))
+    assert replay.state is RunState.FINISHED, replay.error
+    assert (replay.summary.total, replay.summary.replayed) == (LETTERS, LETTERS)
+    assert replay.summary.committed == {0: LETTERS}
+    assert await world.replayed(LETTERS) == {f"dl-{i}": 1 for i in range(LETTERS)}
+    # the later dead letters were not committed past: a plain replay sends them
+    rest = await run_cli(world.env(), "replay", "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert json.loads(rest.stdout)["replayed"] == len(later)
+    expected = {f"dl-{i}": 1 for i in range(LETTERS)} | dict.fromkeys(later, 1)
+    assert await world.replayed(LETTERS + len(later)) == expected
 
 
 async def test_a_replay_whose_lock_connection_dies_stops_before_its_next_batch(

@@ -1,15 +1,16 @@
 """Dead-letter replay's reader (`usage-ingest replay`, see `usage_ingest.replay.run`).
 
-A bounded read of one topic: from the replay group's committed offsets (or
-the beginning, or a given offset) up to the log end seen at start, then it is
-done. Partitions are assigned by hand, so there is no group membership and no
-rebalance; the group only keeps the committed offsets between runs.
+A bounded read of one topic: from the replay group's committed offsets (or the
+beginning, or a given offset) up to the log end seen at start (or an earlier end it is
+given: where a dry run read to), then it is done. Partitions are assigned by hand, so
+there is no group membership and no rebalance; the group only keeps the committed
+offsets between runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -152,6 +153,17 @@ class ReplayReader:
         self._buffer = [r for r in self._buffer if r.offset < self._ends[r.partition]]
         await self._pause_finished()
 
+    async def cap_ends(self, bounds: Mapping[int, int]) -> None:
+        """Read each partition only up to its bound, where that comes before its log end:
+        a confirmed replay reads what its dry run read, not what arrived since. Records
+        at or past the new end are never handed out (nor, so, committed)."""
+        self._ends = {p: min(end, bounds.get(p, end)) for p, end in self._ends.items()}
+        self._buffer = [r for r in self._buffer if r.offset < self._ends[r.partition]]
+        try:
+            await self._pause_finished()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot read positions of {self.topic!r}: {exc}") from exc
+
     @property
     def starts(self) -> dict[int, int]:
         """Per partition, the offset this run started at."""
@@ -159,7 +171,8 @@ class ReplayReader:
 
     @property
     def ends(self) -> dict[int, int]:
-        """Per partition, the log end seen at start: this run reads up to it."""
+        """Per partition, where this run reads up to: the log end seen at start, or the
+        bound `cap_ends` gave when it comes first."""
         return dict(self._ends)
 
     @property

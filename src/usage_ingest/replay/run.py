@@ -22,7 +22,9 @@ the group's positions until it ends, so two runs of one group never publish the 
 dead letters; before each batch's step 2 it checks the lock is still held, and stops
 (interrupted) when it was lost. Given the positions a dry run started from
 (`expected_starts`), a run refuses to start anywhere else (`ReplayOutdated`): what the
-operator saw is what is replayed, not what is left after another replay.
+operator saw is what is replayed, not what is left after another replay. Given the ends
+the dry run read to (`expected_ends`), it reads no further: dead letters that arrived
+after the dry run are neither replayed nor committed, they wait for the next run.
 """
 
 from __future__ import annotations
@@ -273,6 +275,10 @@ class ReplaySource(ReaderPort, Protocol):
     @property
     def total(self) -> int: ...
 
+    async def cap_ends(self, bounds: Mapping[int, int]) -> None:
+        """Read no further than `bounds` (per partition) where they end before `ends`."""
+        ...
+
     async def stop(self) -> None: ...
 
 
@@ -321,6 +327,24 @@ def _check_starts(group_id: str, starts: dict[int, int], expected: Mapping[int, 
     )
 
 
+def _check_ends(group_id: str, ends: dict[int, int], bounds: Mapping[int, int]) -> None:
+    """Refuse a bound the topic does not reach: the log end never moves back unless the
+    topic was recreated, so the dry run read other dead letters than these."""
+    behind = {p: end for p, end in ends.items() if p not in bounds or bounds[p] > end}
+    unknown = set(bounds) - set(ends)
+    if not behind and not unknown:
+        return
+    moved = ", ".join(
+        f"partition {p}: ended at {bounds.get(p, 'none')} then, at {ends.get(p, 'none')} now"
+        for p in sorted(set(behind) | unknown)
+    )
+    raise ReplayOutdated(
+        f"the dead letters of replay group {group_id!r} end before where the dry run read to "
+        f"({moved}): the topic was recreated or repartitioned since; nothing was replayed, "
+        "do the dry run again"
+    )
+
+
 def _lock(
     guard: ReplayGuard | None, group_id: str, plan: ReplayPlan
 ) -> AbstractAsyncContextManager[GroupLock | None]:
@@ -340,6 +364,7 @@ async def run_replay(
     plan: ReplayPlan,
     guard: ReplayGuard | None,
     expected_starts: Mapping[int, int] | None = None,
+    expected_ends: Mapping[int, int] | None = None,
     partitions: Sequence[int] = (),
     from_beginning: bool = False,
     offset: int | None = None,
@@ -351,24 +376,24 @@ async def run_replay(
 ) -> ReplaySummary:
     """Wiring for `usage-ingest replay` and the console: the group's lock (unless it is
     a dry run; `guard` may then be None), a reader on `source` for `group_id`, a
-    producer unless it is a dry run, and the loop. Raises `ReplayRunning` when another
-    run holds the lock, `ReplayOutdated` when `expected_starts` are given and the group
-    starts elsewhere; neither publishes anything."""
+    producer unless it is a dry run, and the loop. With `expected_ends`, the reader stops
+    there (or at the topic's end, when that comes first). Raises `ReplayRunning` when
+    another run holds the lock, `ReplayOutdated` when `expected_starts` are given and the
+    group starts elsewhere, or `expected_ends` lie beyond the topic's end; none of them
+    publishes anything."""
     _check_groups(settings, source, group_id, plan)
     summary = ReplaySummary(source, plan.destination, group_id, plan.dry_run)
     async with _lock(guard, group_id, plan) as lock:
         reader = adapters.reader(settings, source, group_id, plan.dry_run)
         try:
             await reader.start(partitions, from_beginning=from_beginning, offset=offset)
-            summary.starts = reader.starts
-            if expected_starts is not None:
-                _check_starts(group_id, summary.starts, expected_starts)
+            await _bound(reader, group_id, expected_starts, expected_ends)
             if not await reader.has_topic(plan.destination):
                 raise ReplayFailed(
                     f"destination topic {plan.destination!r} does not exist "
                     "(replay never creates topics)"
                 )
-            summary.total = reader.total
+            summary.starts, summary.ends, summary.total = reader.starts, reader.ends, reader.total
             log.info(
                 "replay_started",
                 source=source,
@@ -404,6 +429,20 @@ async def run_replay(
         **{f"skipped_{r.value.replace('-', '_')}": n for r, n in summary.skipped.items()},
     )
     return summary
+
+
+async def _bound(
+    reader: ReplaySource,
+    group_id: str,
+    expected_starts: Mapping[int, int] | None,
+    expected_ends: Mapping[int, int] | None,
+) -> None:
+    """Hold a started reader to the range a dry run read, when it is given."""
+    if expected_starts is not None:
+        _check_starts(group_id, reader.starts, expected_starts)
+    if expected_ends is not None:
+        _check_ends(group_id, reader.ends, expected_ends)
+        await reader.cap_ends(expected_ends)
 
 
 async def _run_with_producer(

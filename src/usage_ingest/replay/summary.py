@@ -54,6 +54,7 @@ class ReplaySummary:
     interrupted: bool = False
     committed: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     starts: dict[int, int] = field(default_factory=dict)  # partition -> first offset read
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> offset it reads up to
     stopped_because: str | None = None  # why an interrupted run stopped, when not asked to
 
     def to_json(self) -> dict[str, Any]:

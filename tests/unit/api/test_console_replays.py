@@ -13,10 +13,12 @@ from structlog.testing import capture_logs
 from tests.unit.replay.fakes import FakeGuard, FakeTopic, dead_letter, fake_settings
 from usage_ingest.api.console.replays import (
     DRY_RUN_VALID,
+    MAX_DRY_RUNS,
     REPLAYS_KEPT,
     ConsoleReplay,
     ConsoleReplays,
     DryRunOutdated,
+    DryRunsBusy,
     ReplayBusy,
     ReplayRequest,
     RunState,
@@ -108,6 +110,41 @@ async def test_confirm_replays_the_dry_runs_request_and_logs_it_with_the_key() -
         assert event["filters"]["codes"] == ["NO_INVENTORY"]
     assert (finished[0]["scanned"], finished[0]["replayed"]) == (4, 2)
     assert finished[0]["skipped"] == {"code": 2}
+
+
+async def test_confirm_replays_only_what_the_dry_run_read_and_leaves_later_ones() -> None:
+    topic = mixed_topic()
+    replays = console(topic)
+    dry = await dry_run(replays)
+    assert (dry.starts, dry.ends, dry.summary.total) == ({0: 0}, {0: 4}, 4)
+    topic.records += [dead_letter("d", 4), dead_letter("e", 5)]  # refused after the dry run
+    with capture_logs() as logs:
+        replay = await settled(await replays.confirm(dry.id, "key-op"))
+    assert topic.published_references() == ["a", "b", "c"]
+    summary = replay.summary
+    assert (summary.total, summary.scanned, summary.replayed) == (4, 4, dry.summary.replayed)
+    assert (replay.ends, topic.committed) == ({0: 4}, {0: 4})
+    (started,) = [e for e in logs if e["event"] == "console_replay_started"]
+    assert (started["starts"], started["ends"]) == ({0: 0}, {0: 4})
+    # the later dead letters wait for the next run, which shows them first
+    later = await dry_run(replays)
+    assert [s.reference for s in later.summary.replayed_sample] == ["d", "e"]
+
+
+async def test_only_a_few_dry_runs_run_at_once_and_finished_ones_do_not_count() -> None:
+    topic = mixed_topic()
+    replays = console(topic)
+    running = [replays.start_dry_run(ReplayRequest(), f"key-{i}") for i in range(MAX_DRY_RUNS)]
+    with capture_logs() as logs, pytest.raises(DryRunsBusy, match="try again shortly"):
+        replays.start_dry_run(ReplayRequest(), "key-late")
+    (refused,) = [e for e in logs if e["event"] == "console_replay_dry_run_refused"]
+    assert (refused["key_id"], refused["running"]) == ("key-late", MAX_DRY_RUNS)
+    for run in running:
+        await settled(run)
+    assert topic.readers_started == MAX_DRY_RUNS, "the refused dry run read the topic"
+    assert all(replays.get(run.id) is run for run in running)
+    again = await dry_run(replays)  # the others finished: there is room again
+    assert again.summary.replayed == 3
 
 
 async def test_two_confirms_at_once_replay_once_and_the_other_is_told() -> None:

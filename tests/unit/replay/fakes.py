@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -103,6 +103,9 @@ class FakeSource:
     @property
     def total(self) -> int:
         return sum(self._ends[p] - s for p, s in self._starts.items())
+
+    async def cap_ends(self, bounds: Mapping[int, int]) -> None:
+        self._ends = {p: min(end, bounds.get(p, end)) for p, end in self._ends.items()}
 
     async def fetch(self, max_records: int, timeout_ms: int) -> list[InputRecord]:
         out: list[InputRecord] = []

@@ -121,6 +121,43 @@ async def test_expected_starts_of_other_partitions_refuse_the_run() -> None:
     assert topic.published == []
 
 
+async def test_expected_ends_replay_only_what_the_dry_run_read() -> None:
+    topic, guard = five_letters(), FakeGuard()
+    dry = await run(topic, None, plan=plan(dry_run=True))
+    assert (dry.ends, dry.total) == ({0: 5}, 5)
+    topic.records += [dead_letter(f"r{i}", offset=i) for i in range(5, 8)]  # arrived since
+    summary = await run(topic, guard, expected_starts=dry.starts, expected_ends=dry.ends)
+    assert topic.published_references() == [f"r{i}" for i in range(5)]
+    assert (summary.total, summary.scanned, summary.replayed) == (5, 5, 5)
+    assert (summary.ends, topic.committed) == ({0: 5}, {0: 5})
+    # the later dead letters were not committed past: the next run replays them
+    rest = await run(topic, guard)
+    assert (rest.starts, rest.ends, rest.replayed) == ({0: 5}, {0: 8}, 3)
+    assert topic.published_references() == [f"r{i}" for i in range(8)]
+
+
+async def test_without_expected_ends_a_run_reads_to_the_end_the_topic_has_now() -> None:
+    topic, guard = five_letters(), FakeGuard()
+    dry = await run(topic, None, plan=plan(dry_run=True))
+    topic.records.append(dead_letter("r5", offset=5))
+    summary = await run(topic, guard, expected_starts=dry.starts)
+    assert (summary.total, summary.replayed, topic.committed) == (6, 6, {0: 6})
+
+
+async def test_expected_ends_beyond_the_topics_end_refuse_the_run() -> None:
+    topic, guard = five_letters(), FakeGuard()  # the topic was recreated: it ends earlier
+    with pytest.raises(ReplayOutdated, match=r"partition 0: ended at 9 then, at 5 now"):
+        await run(topic, guard, expected_starts={0: 0}, expected_ends={0: 9})
+    assert (topic.published, topic.committed, guard.holders) == ([], {}, set())
+
+
+async def test_expected_ends_without_a_partition_of_the_topic_refuse_the_run() -> None:
+    topic = FakeTopic([dead_letter("a", 0), dead_letter("b", 0, partition=1)])
+    with pytest.raises(ReplayOutdated, match=r"partition 1: ended at none then, at 1 now"):
+        await run(topic, FakeGuard(), expected_ends={0: 1})
+    assert topic.published == []
+
+
 def test_the_command_line_needs_the_database_for_a_replay_and_says_so_in_one_line() -> None:
     # Nothing listens on port 1: the lock cannot be taken, nothing is read.
     result = CliRunner().invoke(

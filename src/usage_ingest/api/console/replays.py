@@ -3,14 +3,17 @@ background through the same code as `usage-ingest replay` (`replay.run.run_repla
 
 The guarantees are the command line's: the same commit protocol and loop guard, and one
 replay per replay group at a time across processes (the group's lock in Postgres, which
-`usage-ingest replay` takes too). A confirmation replays the dry run's own request from
-the positions the dry run started at: when another replay moved the group since, it is
-refused (`DryRunOutdated`) before anything is published. Two confirmations at once: one
-runs, the other gets `ReplayBusy`.
+`usage-ingest replay` takes too). A confirmation replays what the dry run showed: its own
+request, over the range it read, from the positions it started at up to the ends it read
+to. When another replay moved the group since, it is refused (`DryRunOutdated`) before
+anything is published; dead letters that arrived after the dry run wait for the next run.
+Two confirmations at once: one runs, the other gets `ReplayBusy`.
 
 Runs are tasks of the API process, kept in memory for the pages: the last few replays
-and the recent dry runs. Every replay is logged (`console_replay_started`,
-`console_replay_finished`) with the id of the key that confirmed it.
+and the recent dry runs. Each dry run reads the whole dead-letter topic with a consumer of
+its own, so only a few run at once (`MAX_DRY_RUNS`; beyond, `DryRunsBusy`). Every replay
+is logged (`console_replay_started`, `console_replay_finished`) with the id of the key
+that confirmed it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from typing import Any, Protocol
 
 import structlog
 
+from usage_ingest.api.console.replay_request import (
+    ReplayRequest as ReplayRequest,  # noqa: PLC0414 - re-exported
+)
 from usage_ingest.errors import ReplayOutdated, ReplayRunning, UsageIngestError
 from usage_ingest.replay.guard import ReplayGuard
 from usage_ingest.replay.run import Progress, ReplayPlan, replay_plan, run_replay
-from usage_ingest.replay.selection import DEFAULT_MAX_REPLAYS, Selection
 from usage_ingest.replay.summary import ReplaySummary
 from usage_ingest.settings import Settings
 from usage_ingest.times import utc_now
@@ -39,48 +44,7 @@ SHOW = 100  # replayed and held-back records a summary names
 REPLAYS_KEPT = 20
 DRY_RUNS_KEPT = 20
 DRY_RUN_VALID = timedelta(minutes=15)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayRequest:
-    """The filters an operator chose, as `usage-ingest replay` has them."""
-
-    codes: frozenset[str] = frozenset()
-    references: frozenset[str] = frozenset()
-    since: datetime | None = None
-    until: datetime | None = None
-    limit: int | None = None
-    max_replays: int = DEFAULT_MAX_REPLAYS
-    retryable_only: bool = True
-
-    def selection(self) -> Selection:
-        return Selection(
-            codes=frozenset(c.strip().upper() for c in self.codes),
-            retryable_only=self.retryable_only,
-            references=self.references,
-            since=self.since,
-            until=self.until,
-            max_replays=self.max_replays,
-        )
-
-    def problems(self) -> list[str]:
-        """What makes the request contradictory, one sentence each (as the CLI's)."""
-        found = self.selection().problems()
-        if self.limit is not None and self.limit < 1:
-            found.append("--limit must be at least 1")
-        return found
-
-    def filters(self) -> dict[str, Any]:
-        """The request as its log lines show it."""
-        return {
-            "codes": sorted(self.selection().codes),
-            "references": sorted(self.references),
-            "since": None if self.since is None else self.since.isoformat(),
-            "until": None if self.until is None else self.until.isoformat(),
-            "limit": self.limit,
-            "max_replays": self.max_replays,
-            "retryable_only": self.retryable_only,
-        }
+MAX_DRY_RUNS = 3  # running at once in this API process, each with a consumer of its own
 
 
 class RunState(StrEnum):
@@ -104,6 +68,7 @@ class ConsoleReplay:
     finished_at: datetime | None = None
     confirms: str | None = None  # the id of the dry run this replay confirms
     starts: dict[int, int] = field(default_factory=dict)  # partition -> first offset read
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> offset it read up to
 
 
 class ReplayBusy(Exception):
@@ -113,6 +78,11 @@ class ReplayBusy(Exception):
     def __init__(self, message: str, running: ConsoleReplay | None) -> None:
         super().__init__(message)
         self.running = running
+
+
+class DryRunsBusy(Exception):
+    """`MAX_DRY_RUNS` dry runs are running in this API process: nothing was started, the
+    operator tries again shortly."""
 
 
 class DryRunOutdated(Exception):
@@ -132,6 +102,7 @@ class Runner(Protocol):
         plan: ReplayPlan,
         guard: ReplayGuard | None,
         expected_starts: Mapping[int, int] | None = None,
+        expected_ends: Mapping[int, int] | None = None,
         stop: asyncio.Event | None = None,
         on_start: Progress | None = None,
         progress: Progress | None = None,
@@ -165,10 +136,18 @@ class ConsoleReplays:
 
     def start_dry_run(self, request: ReplayRequest, key_id: str) -> ConsoleReplay:
         """Start a dry run in the background and return it at once. A contradictory
-        request raises ValueError (its `problems()`, joined)."""
+        request raises ValueError (its `problems()`, joined); `MAX_DRY_RUNS` running
+        already, DryRunsBusy."""
         problems = request.problems()
         if problems:
             raise ValueError("; ".join(problems))
+        running = sum(r.dry_run and r.state is RunState.RUNNING for r in self._runs.values())
+        if running >= MAX_DRY_RUNS:  # no await since the count: it holds
+            log.info("console_replay_dry_run_refused", key_id=key_id, running=running)
+            raise DryRunsBusy(
+                f"{running} dry runs are running in this API process (at most {MAX_DRY_RUNS} "
+                "at once): nothing was started; try again shortly"
+            )
         run = self._new_run(request, key_id, dry_run=True)
         self._spawn(self._execute(run, None, None))
         return run
@@ -187,7 +166,7 @@ class ConsoleReplays:
         run = self._new_run(dry.request, key_id, dry_run=False, confirms=dry.id)
         self._running = run
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._spawn(self._execute(run, started, dry.starts))
+        self._spawn(self._execute(run, started, dry))
         try:
             await asyncio.shield(started)
         except ReplayRunning as exc:
@@ -274,13 +253,14 @@ class ConsoleReplays:
         self,
         run: ConsoleReplay,
         started: asyncio.Future[None] | None,
-        expected_starts: Mapping[int, int] | None,
+        confirmed: ConsoleReplay | None,
     ) -> None:
-        """Run `run` to its end; `started` learns when it holds the lock, or why not."""
+        """Run `run` to its end, over the range of the dry run it `confirmed` (if any);
+        `started` learns when it holds the lock, or why not."""
 
         def on_start(summary: ReplaySummary) -> None:
             run.summary = summary
-            run.starts = dict(summary.starts)
+            run.starts, run.ends = dict(summary.starts), dict(summary.ends)
             if not run.dry_run:
                 assert run.confirms is not None
                 self._confirmed.add(run.confirms)
@@ -298,7 +278,8 @@ class ConsoleReplays:
                 group_id=self.group_id,
                 plan=self._plan(run),
                 guard=self._store,
-                expected_starts=expected_starts,
+                expected_starts=None if confirmed is None else confirmed.starts,
+                expected_ends=None if confirmed is None else confirmed.ends,
                 stop=self._stop,
                 on_start=on_start,
                 progress=on_progress,
@@ -362,6 +343,7 @@ class ConsoleReplays:
             group_id=self.group_id,
             filters=run.request.filters(),
             starts=run.starts,
+            ends=run.ends,
         )
 
     def _log_finished(self, run: ConsoleReplay) -> None:

@@ -22,6 +22,7 @@ from usage_ingest.api.console.replays import (
     ConsoleReplay,
     ConsoleReplays,
     DryRunOutdated,
+    DryRunsBusy,
     ReplayBusy,
     RunState,
 )
@@ -35,6 +36,7 @@ log = structlog.get_logger("usage_ingest.api.console")
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 REPLAY_PATH = "/console/replay"
+DRY_RUNS_RETRY_AFTER_S = 10  # a dry run of a large dead-letter topic takes seconds
 
 
 def _replays(request: Request) -> ConsoleReplays:
@@ -74,7 +76,14 @@ async def start_dry_run(request: Request, user: UserDep) -> Response:
     read = read_replay_form(form)
     if read.request is None:
         return _form_page(request, user, form, read.problems, 400)
-    run = _replays(request).start_dry_run(read.request, user.key_id)
+    try:
+        run = _replays(request).start_dry_run(read.request, user.key_id)
+    except DryRunsBusy as busy:  # logged by ConsoleReplays, with the key id
+        again = REPLAY_PATH + form.link()
+        context = {"user": user, "message": str(busy), "again_link": again}
+        page = render(request, "dry_runs_busy.html", context, 429)
+        page.headers["Retry-After"] = str(DRY_RUNS_RETRY_AFTER_S)
+        return page
     log.info("console_replay_dry_run_started", run_id=run.id, key_id=user.key_id)
     return see_other(request, f"{REPLAY_PATH}/runs/{run.id}")
 

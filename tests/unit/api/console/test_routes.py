@@ -20,6 +20,7 @@ from usage_ingest.api.console.overview import BrokerViewCache
 from usage_ingest.api.console.replays import (
     ConsoleReplay,
     DryRunOutdated,
+    DryRunsBusy,
     ReplayBusy,
     ReplayRequest,
     RunState,
@@ -85,9 +86,12 @@ def run(run_id: str, *, dry_run: bool, state: RunState, **figures: Any) -> Conso
 class FakeReplays:
     runs: dict[str, ConsoleReplay] = field(default_factory=dict)
     confirm_raises: Exception | None = None
+    start_raises: Exception | None = None
     started: list[tuple[ReplayRequest, str]] = field(default_factory=list)
 
     def start_dry_run(self, request: ReplayRequest, key_id: str) -> ConsoleReplay:
+        if self.start_raises is not None:
+            raise self.start_raises
         self.started.append((request, key_id))
         dry = run("dry1", dry_run=True, state=RunState.RUNNING)
         self.runs[dry.id] = dry
@@ -198,6 +202,22 @@ async def test_a_dry_run_starts_from_the_form_and_its_page_polls(console: Consol
     running = await console.client.get("/console/replay/runs/dry1")
     assert 'hx-trigger="every 1s"' in running.text
     assert 'id="confirm"' not in running.text
+
+
+async def test_too_many_dry_runs_at_once_is_a_429_that_keeps_the_filters(
+    console: Console,
+) -> None:
+    console.replays.start_raises = DryRunsBusy("3 dry runs are running in this API process")
+    busy = await console.csrf_post(
+        "/console/replay", code="NO_INVENTORY", max_replays="5", retryable_only="on"
+    )
+    assert busy.status_code == 429
+    assert busy.headers["retry-after"] == "10"
+    assert "Dry runs are busy" in busy.text
+    assert "3 dry runs are running in this API process" in busy.text
+    assert "try again shortly" in busy.text
+    assert 'href="/console/replay?code=NO_INVENTORY&amp;max_replays=5' in busy.text
+    assert console.replays.started == []
 
 
 async def test_a_finished_dry_run_shows_what_goes_back_and_what_is_held_back(
