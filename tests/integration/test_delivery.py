@@ -47,6 +47,7 @@ from usage_ingest.kafka.producer import OutputProducer
 from usage_ingest.ports import BatchWritePort
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store, open_store
+from usage_ingest.store.worker_reports import WorkerReport
 from usage_ingest.worker import runtime as bootstrap
 from usage_ingest.worker.pipeline import Pipeline
 
@@ -406,6 +407,13 @@ class ObservedStore:
         except DependencyUnavailable:
             self.unavailable += 1
             raise
+
+    async def report_worker(self, report: WorkerReport) -> None:
+        # The worker's report goes through too; its failures are not the batch's retries.
+        await self.inner.report_worker(report)
+
+    async def prune_worker_reports(self) -> tuple[int, int]:
+        return await self.inner.prune_worker_reports()
 
     async def close(self) -> None:
         await self.inner.close()

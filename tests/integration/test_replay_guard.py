@@ -47,11 +47,15 @@ LETTERS = 5
 
 
 class Gated:
-    """The real producer, whose publishes wait until `gate` is set."""
+    """The real producer, whose publishes wait until `gate` is set; `waiting` is set
+    once a publish waits there (its batch's lock check is behind it)."""
 
-    def __init__(self, producer: OutputProducer, gate: asyncio.Event) -> None:
+    def __init__(
+        self, producer: OutputProducer, gate: asyncio.Event, waiting: asyncio.Event
+    ) -> None:
         self.producer = producer
         self.gate = gate
+        self.waiting = waiting
 
     async def start(self) -> None:
         await self.producer.start()
@@ -60,6 +64,7 @@ class Gated:
         await self.producer.stop()
 
     async def publish(self, records: Sequence[OutputRecord]) -> list[OutputRecord]:
+        self.waiting.set()
         await self.gate.wait()
         return await self.producer.publish(records)
 
@@ -69,6 +74,7 @@ class World:
     settings: Settings
     database_url: str
     gate: asyncio.Event
+    waiting: asyncio.Event
     stores: list[Store]
     consoles: list[ConsoleReplays]
 
@@ -78,7 +84,7 @@ class World:
         self.stores.append(store)
 
         def gated(settings: Settings) -> ReplaySink:
-            return Gated(OutputProducer(settings), self.gate)
+            return Gated(OutputProducer(settings), self.gate, self.waiting)
 
         runner = functools.partial(run_replay, adapters=ReplayAdapters(producer=gated))
         replays = ConsoleReplays(self.settings, store, runner=runner)
@@ -129,7 +135,7 @@ async def world(kafka_bootstrap: str, database_url: str) -> AsyncIterator[World]
     settings = make_settings(kafka_bootstrap, database_url, batch_max_records=2)
     await ensure_topics(settings, [settings.topic_events, settings.topic_dlq])
     await produce_letters(settings, [f"dl-{i}" for i in range(LETTERS)])
-    world = World(settings, database_url, asyncio.Event(), [], [])
+    world = World(settings, database_url, asyncio.Event(), asyncio.Event(), [], [])
     yield world
     world.gate.set()
     for replays in world.consoles:
@@ -225,6 +231,7 @@ async def test_a_replay_whose_lock_connection_dies_stops_before_its_next_batch(
 ) -> None:
     replays = await world.console()
     running = await replays.confirm((await dry_run(replays)).id, "key-op")
+    await asyncio.wait_for(world.waiting.wait(), 30)  # its first batch passed the check
     conn = await asyncpg.connect(world.database_url)
     try:
         holders = await conn.fetch(
