@@ -7,6 +7,7 @@ in the code reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -56,6 +57,18 @@ def _parses_as_url(url: str) -> bool:
         if port and not port.isdigit():
             return False
     return not parts.fragment and "@" not in parts.path + parts.query
+
+
+def _is_address_or_network(text: str) -> bool:
+    """An IP address, or a network with no host bits set (10.0.0.0/8, not 10.0.0.1/8)."""
+    try:
+        if "/" in text:
+            ipaddress.ip_network(text)
+        else:
+            ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class Settings(BaseSettings):
@@ -158,6 +171,11 @@ class Settings(BaseSettings):
         le=100_000,
         description="Most usage events one POST /usages array may hold (more: 400).",
     )
+    api_forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1",
+        description="Proxies whose X-Forwarded-Proto and X-Forwarded-For the API believes "
+        "(comma-separated addresses or networks such as 10.0.0.0/8, * for any, empty for none).",
+    )
 
     # --- Operations ----------------------------------------------------------
     metrics_host: str = Field(
@@ -180,6 +198,21 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
                 raise ValueError(f"{server.strip()!r} is not host:port")
         return value
+
+    @field_validator("api_forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        """Checked here: uvicorn takes a mistyped address as a name no proxy has, so the
+        cookie would silently lose `Secure` and the console refuse every sign-in."""
+        items = [item.strip() for item in value.split(",")] if value.strip() else []
+        if "*" in items and items != ["*"]:
+            raise ValueError("* trusts every address: give it alone")
+        for item in items:
+            if item != "*" and not _is_address_or_network(item):
+                raise ValueError(
+                    f"{item!r} is not an IP address or network (e.g. 10.0.0.0/8, 127.0.0.1)"
+                )
+        return ",".join(items)
 
     @field_validator("database_url")
     @classmethod

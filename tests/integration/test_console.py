@@ -13,6 +13,7 @@ import asyncpg
 import httpx
 import pytest
 import structlog
+from starlette.types import Receive, Scope, Send
 
 from tests.support.api import add_key, unique
 from tests.support.cli import cli_env, run_cli
@@ -23,6 +24,7 @@ from usage_ingest.api.app import create_app
 from usage_ingest.api.console import access
 from usage_ingest.api.keys import Permission
 from usage_ingest.api.publisher import OnDemandProducer
+from usage_ingest.api.server import uvicorn_config
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import Store
 
@@ -135,6 +137,47 @@ async def test_the_cookie_is_secure_over_https(console: Console) -> None:
         signed_in = await sign_in(client, key, {"Origin": f"https://{HOST}"})
         assert signed_in.status_code == 303
         assert "secure" in session_cookie_header(signed_in).lower().split("; ")
+
+
+def behind_a_tls_proxy(console: Console, proxy: str, trusted: str) -> httpx.AsyncClient:
+    """A browser on https://HOST, through a proxy at address `proxy` that terminates TLS
+    and speaks plain http to the API (uvicorn sees scheme http and the proxy's address),
+    served as `usage-ingest api` serves it with `api_forwarded_allow_ips` `trusted`."""
+    settings = console.settings.model_copy(update={"api_forwarded_allow_ips": trusted})
+    config = uvicorn_config(settings, console.app)  # type: ignore[arg-type]
+    config.load()
+
+    async def plain_http_from_the_proxy(scope: Scope, receive: Receive, send: Send) -> None:
+        await config.loaded_app({**scope, "scheme": "http"}, receive, send)
+
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=plain_http_from_the_proxy, client=(proxy, 40000)),
+        base_url=f"https://{HOST}",
+        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"},
+    )
+
+
+async def test_behind_a_trusted_tls_proxy_the_cookie_is_secure(console: Console) -> None:
+    key = await console.key(Permission.USAGE_READ)
+    async with behind_a_tls_proxy(console, "10.1.2.3", "10.1.0.0/16,127.0.0.1") as client:
+        signed_in = await sign_in(client, key, {"Origin": f"https://{HOST}"})
+        assert signed_in.status_code == 303, signed_in.text
+        assert "secure" in session_cookie_header(signed_in).lower().split("; ")
+        assert (await client.get("/console")).status_code == 200
+
+
+async def test_behind_an_untrusted_proxy_an_https_page_cannot_sign_in(console: Console) -> None:
+    key = await console.key(Permission.USAGE_READ)
+    async with behind_a_tls_proxy(console, "10.9.0.1", "10.1.0.0/16") as client:
+        with structlog.testing.capture_logs() as logs:
+            refused = await sign_in(client, key, {"Origin": f"https://{HOST}"})
+    assert refused.status_code == 403
+    assert not any(
+        c.startswith(access.SESSION_COOKIE + "=") for c in refused.headers.get_list("set-cookie")
+    )
+    cross = [e for e in logs if e["event"] == "console_cross_origin_refused"]
+    assert cross[0]["scheme"] == "http"
+    assert cross[0]["origin"] == f"https://{HOST}"
 
 
 @pytest.mark.parametrize("which", ["unknown", "revoked", "malformed"])

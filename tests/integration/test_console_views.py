@@ -196,6 +196,32 @@ async def test_the_lookup_shows_the_stored_usage_and_the_refusals_of_a_reference
     assert "None." in nothing.text
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console/refusals/99999999999999999999999",  # past bigint
+        "/console/refusals/%C2%B2",  # a digit to str.isdigit, not to int
+    ],
+)
+async def test_a_refusal_id_that_no_refusal_can_have_is_not_found(
+    seeded: Seeded, path: str
+) -> None:
+    missing = await seeded.page(path, status=404)
+    assert "there is no refusal" in missing.text
+
+
+@pytest.mark.parametrize("page", ["99999999999999999999999", "%C2%B2"])
+async def test_a_page_number_past_any_page_shows_the_first(seeded: Seeded, page: str) -> None:
+    first = await seeded.page(f"/console/refusals?reference={seeded.prefix}&page={page}")
+    assert listed(first) == seeded.ids[::-1][:50]
+
+
+async def test_a_reference_with_a_nul_is_a_problem_not_a_failure(seeded: Seeded) -> None:
+    refused = await seeded.page("/console/lookup?reference=a%00b", status=400)
+    assert "the reference holds a control character" in refused.text
+    assert refused.headers["content-security-policy"].startswith("default-src 'self'")
+
+
 async def test_the_overview_shows_the_group_and_its_lag(seeded: Seeded) -> None:
     overview = await seeded.page("/console")
     assert f"Consumer group <code>{seeded.settings.group_id}</code>" in overview.text

@@ -8,13 +8,15 @@ and closes them after it (uvicorn runs with `lifespan="off"`), and closes the co
 replays (`app.state.console_replays`); tests pass their own.
 
 The operations console (`api.console`) is served by the same app under /console, out of
-the OpenAPI document.
+the OpenAPI document; its edge (`console.edge`) answers the router's errors there as
+console pages, with the console's headers on every answer.
 """
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from usage_ingest.api import console
+from usage_ingest.api.console.edge import ConsoleHeaders, install_console_error_pages
 from usage_ingest.api.console.overview import BrokerViewCache
 from usage_ingest.api.console.replays import ConsoleReplays
 from usage_ingest.api.error_handlers import install_error_handlers
@@ -74,6 +76,9 @@ def create_app(
     app.state.console_replays = ConsoleReplays(settings, store)
     include_routers(app, [module.router for module in _ROUTERS] + console.routers())
     install_error_handlers(app)
+    install_console_error_pages(app)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.add_middleware(EdgeMiddleware, metrics=metrics, max_body_bytes=settings.api_max_body_bytes)
+    # Outside the edge, so that its 413 and 500 under /console carry the console's headers.
+    app.add_middleware(ConsoleHeaders)
     return app

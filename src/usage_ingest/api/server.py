@@ -6,6 +6,7 @@ import socket
 
 import structlog
 import uvicorn
+from starlette.types import ASGIApp
 
 from usage_ingest.api.app import create_app
 from usage_ingest.api.console.replays import ConsoleReplays
@@ -28,6 +29,23 @@ def listen_api(settings: Settings) -> list[socket.socket]:
             f"cannot listen on {host}:{port} (USAGE_INGEST_API_HOST/PORT, --host/--port): "
             f"{exc.strerror or exc}"
         ) from exc
+
+
+def uvicorn_config(settings: Settings, app: ASGIApp) -> uvicorn.Config:
+    """How uvicorn serves the app. The scheme and client address are taken from
+    `X-Forwarded-Proto` and `X-Forwarded-For` only when the connection comes from a proxy
+    of `api_forwarded_allow_ips`: behind a proxy that terminates TLS, that is what makes
+    the console's cookies `Secure` and its origin check expect https."""
+    return uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.api_forwarded_allow_ips,
+    )
 
 
 async def _close_console_replays(replays: ConsoleReplays) -> None:
@@ -62,16 +80,7 @@ async def serve(
                     "run `usage-ingest migrate` first"
                 )
         app = create_app(settings, store, producer)
-        server = QuietServer(
-            uvicorn.Config(
-                app,
-                lifespan="off",
-                log_config=None,
-                access_log=False,
-                server_header=False,
-                timeout_graceful_shutdown=10,
-            )
-        )
+        server = QuietServer(uvicorn_config(settings, app))
 
         async def stop_when_told() -> None:
             await stop.wait()

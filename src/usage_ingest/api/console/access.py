@@ -84,13 +84,21 @@ def sign_in_cookie(token: str, *, secure: bool) -> Cookie:
     return Cookie(SIGN_IN_COOKIE, token, SIGN_IN_TTL_S, secure)
 
 
-def same_origin(headers: Mapping[str, str]) -> bool:
+def presented_origin(headers: Mapping[str, str]) -> str:
+    """The request's `Origin`, or without one its `Referer` (empty without either)."""
+    return (headers.get("origin") or headers.get("referer") or "").strip()
+
+
+def same_origin(headers: Mapping[str, str], scheme: str) -> bool:
     """Whether a state-changing request comes from a page of this host: its `Origin`
-    (or, without one, its `Referer`) names the host the request was sent to. A request
-    with neither is refused: every browser sends `Origin` with a POST."""
+    (or, without one, its `Referer`) names the scheme and the host the request was sent
+    to. A request with neither is refused: every browser sends `Origin` with a POST.
+
+    `scheme` is the request's own, as the server sees it: behind a proxy that terminates
+    TLS, https only when the proxy is trusted (`api_forwarded_allow_ips`)."""
     host = headers.get("host", "").strip().lower()
-    origin = headers.get("origin") or headers.get("referer")
+    origin = presented_origin(headers)
     if not host or not origin or origin == "null":
         return False
-    parts = urlsplit(origin.strip())
-    return parts.scheme in ("http", "https") and parts.netloc.lower() == host
+    parts = urlsplit(origin)
+    return parts.scheme == scheme.lower() and parts.netloc.lower() == host

@@ -1,6 +1,7 @@
 """How the console answers: its Jinja2 templates (package data), the headers every
 answer carries (a strict Content-Security-Policy, no framing, no sniffing, no caching of
-pages), and `ConsoleRoute`, which turns the console's own exceptions into pages.
+pages; `edge.ConsoleHeaders` puts them on), and `ConsoleRoute`, which turns the
+console's own exceptions into pages.
 
 A view answers a whole page, or only its fragment when htmx asks (`HX-Request`): the
 same URL serves both, so every view works without script and htmx only swaps parts.
@@ -18,7 +19,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from usage_ingest.errors import DependencyUnavailable, StatementTimedOut, StoreUnavailable
+from usage_ingest.errors import (
+    DependencyUnavailable,
+    StatementTimedOut,
+    StoreRefusedData,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger("usage_ingest.api.console")
 
@@ -110,7 +116,7 @@ def see_other(request: Request, path: str) -> Response:
     return RedirectResponse(path, status_code=303)
 
 
-def _problem_page(request: Request, problem: ConsoleProblem) -> Response:
+def problem_page(request: Request, problem: ConsoleProblem) -> Response:
     user = problem.user or getattr(request.state, "user", None)
     context = {"user": user, "title": problem.title, "message": problem.message}
     return render(request, "problem.html", context, problem.status)
@@ -124,28 +130,34 @@ def _unavailable_page(request: Request, exc: DependencyUnavailable) -> Response:
         message = "the database is unavailable; try again in a moment"
     else:
         message = "the broker is unavailable; try again in a moment"
-    return _problem_page(request, ConsoleProblem(503, "Unavailable", message))
+    return problem_page(request, ConsoleProblem(503, "Unavailable", message))
+
+
+def _refused_page(request: Request, exc: StoreRefusedData) -> Response:
+    """A value the database refuses (a text it cannot hold, a number past bigint): the
+    request's mistake, which the views' own checks should have caught first."""
+    log.warning("console_value_refused", error=str(exc), path=request.url.path)
+    message = "the database refused a value of this request: check what was typed"
+    return problem_page(request, ConsoleProblem(400, "Refused", message))
 
 
 class ConsoleRoute(APIRoute):
-    """A console route: its exceptions become pages, and every answer carries the
-    console's security headers."""
+    """A console route: its exceptions become pages (the headers are `ConsoleHeaders`')."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def answered(request: Request) -> Response:
             try:
-                response = await handler(request)
+                return await handler(request)
             except ConsoleProblem as problem:
-                response = _problem_page(request, problem)
+                return problem_page(request, problem)
             except SignInRequired as exc:
                 path = SIGN_IN_PATH + (f"?ended={exc.reason}" if exc.reason else "")
-                response = see_other(request, path)
+                return see_other(request, path)
+            except StoreRefusedData as exc:
+                return _refused_page(request, exc)
             except DependencyUnavailable as exc:
-                response = _unavailable_page(request, exc)
-            for name, value in PAGE_HEADERS.items():
-                response.headers.setdefault(name, value)
-            return response
+                return _unavailable_page(request, exc)
 
         return answered

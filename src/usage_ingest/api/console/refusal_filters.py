@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from usage_ingest.api.console.inputs import whole_number
 from usage_ingest.api.errors import ApiError
+from usage_ingest.api.limits import MAX_PAGE
 from usage_ingest.api.rejection_query import parse_rejection_query
 from usage_ingest.errors import ErrorCode
 from usage_ingest.store.rejection_list import RejectionListQuery
@@ -37,14 +39,15 @@ class RefusalFilters:
             values = params.get(name) or [""]
             return values[0].strip()
 
-        page = one("page")
+        page = whole_number(one("page"))
         return cls(
             codes=tuple(c for c in params.get("code", ()) if c),
             resolved=one("resolved") if one("resolved") in RESOLVED_CHOICES else "",
             reference=one("reference"),
             since=one("since"),
             until=one("until"),
-            page=int(page) if page.isdigit() and int(page) >= 1 else 1,
+            # Past the API's last page (or no page number at all): the first.
+            page=page if page is not None and 1 <= page <= MAX_PAGE else 1,
         )
 
     def api_filters(self) -> dict[str, list[str] | None]:

@@ -10,11 +10,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
+from usage_ingest.api.console.inputs import whole_number
 from usage_ingest.api.console.replays import ReplayRequest
+from usage_ingest.errors import ErrorCode
 from usage_ingest.replay.selection import DEFAULT_MAX_REPLAYS
 from usage_ingest.times import parse_operator_instant
 
 _SEPARATORS = re.compile(r"[\s,]+")
+MAX_REFERENCES = 1000
+# The form comes back as a link ("Change the filters", "look again"): a request line and
+# its headers must stay within the server's 16 KiB, cookies included.
+MAX_LINK_CHARS = 8000
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +97,29 @@ def _instant(name: str, text: str, problems: list[str]) -> datetime | None:
 def _count(name: str, text: str, minimum: int, problems: list[str]) -> int | None:
     if not text:
         return None
-    if not text.isdigit() or int(text) < minimum:
+    number = whole_number(text)
+    if number is None or number < minimum:
         problems.append(f"{name}: {text!r} is not a whole number of at least {minimum}")
         return None
-    return int(text)
+    return number
+
+
+def _size_problems(form: ReplayForm) -> list[str]:
+    """More codes than there are, or more references than the form's links can carry."""
+    if len(form.codes) > len(ErrorCode):
+        return [f"code: {len(form.codes)} codes given; there are {len(ErrorCode)} error codes"]
+    references = len(form.reference_list())
+    if references > MAX_REFERENCES:
+        return [
+            f"references: {references} given; at most {MAX_REFERENCES} at once: "
+            "replay them in parts"
+        ]
+    if len(form.link()) > MAX_LINK_CHARS:
+        return [
+            f"references: these {references} are too long to carry at once "
+            f"(at most {MAX_LINK_CHARS} characters in all): replay them in parts"
+        ]
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +130,7 @@ class ReadForm:
 
 def read_replay_form(form: ReplayForm) -> ReadForm:
     """The request, or every problem of the form (including `ReplayRequest.problems`)."""
-    problems: list[str] = []
+    problems = _size_problems(form)
     since = _instant("since", form.since, problems)
     until = _instant("until", form.until, problems)
     limit = _count("limit", form.limit, 1, problems)

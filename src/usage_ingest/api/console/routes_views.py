@@ -10,6 +10,7 @@ import re
 from fastapi import APIRouter, Request, Response
 
 from usage_ingest import alert_thresholds
+from usage_ingest.api.console.inputs import has_control_character, whole_number
 from usage_ingest.api.console.overview import BrokerViewCache, read_overview
 from usage_ingest.api.console.pages import ConsoleProblem, ConsoleRoute, render, render_view
 from usage_ingest.api.console.refusal_filters import (
@@ -67,7 +68,8 @@ async def refusals(request: Request, user: UserDep, store: StoreDep) -> Response
 
 @router.get("/console/refusals/{rejection_id}")
 async def refusal(rejection_id: str, user: UserDep, store: StoreDep, request: Request) -> Response:
-    found = await store.get_rejection(int(rejection_id)) if rejection_id.isdigit() else None
+    number = whole_number(rejection_id)
+    found = None if number is None else await store.get_rejection(number)
     if found is None:
         raise ConsoleProblem(404, "Not found", f"there is no refusal {rejection_id}", user)
     return render(request, "refusal.html", {"user": user, "refusal": found})
@@ -76,7 +78,16 @@ async def refusal(rejection_id: str, user: UserDep, store: StoreDep, request: Re
 @router.get("/console/lookup")
 async def lookup(request: Request, user: UserDep, store: StoreDep) -> Response:
     reference = request.query_params.get("reference", "").strip()
-    context: dict[str, object] = {"user": user, "reference": reference, "searched": False}
+    context: dict[str, object] = {
+        "user": user,
+        "reference": reference,
+        "searched": False,
+        "problem": None,
+    }
+    if has_control_character(reference):
+        # No reference holds one, and Postgres refuses a NUL in a text parameter.
+        context["problem"] = "the reference holds a control character: no reference has one"
+        return render_view(request, "lookup.html", "lookup_result.html", context, 400)
     if reference:
         context.update(await _looked_up(store, reference), searched=True)
     return render_view(request, "lookup.html", "lookup_result.html", context)

@@ -25,6 +25,8 @@ from usage_ingest.api.security import KEY_ID_SCOPE
 log = structlog.get_logger("usage_ingest.api.console")
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+# Far more than any console form has (the replay form's references are one field).
+MAX_FORM_FIELDS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +89,12 @@ async def read_form(request: Request) -> dict[str, list[str]]:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if body and media_type != FORM_MEDIA_TYPE:
         raise ConsoleProblem(415, "Not a form", f"the body must be sent as {FORM_MEDIA_TYPE}")
-    return parse_qs(body, keep_blank_values=True, max_num_fields=1000)
+    try:
+        return parse_qs(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except ValueError as exc:  # more fields than MAX_FORM_FIELDS
+        raise ConsoleProblem(
+            400, "Form too large", f"the form has more than {MAX_FORM_FIELDS} fields"
+        ) from exc
 
 
 def _presented_csrf(request: Request, form: Mapping[str, list[str]]) -> str | None:
@@ -97,8 +104,14 @@ def _presented_csrf(request: Request, form: Mapping[str, list[str]]) -> str | No
 
 
 def check_origin(request: Request) -> None:
-    if not access.same_origin(request.headers):
-        log.warning("console_cross_origin_refused", path=request.url.path)
+    if not access.same_origin(request.headers, request.url.scheme):
+        # Most often a TLS proxy the API does not trust: https in the browser, http here.
+        log.warning(
+            "console_cross_origin_refused",
+            path=request.url.path,
+            scheme=request.url.scheme,
+            origin=access.presented_origin(request.headers)[:200],
+        )
         raise ConsoleProblem(
             403, "Refused", "the request does not come from a page of this console"
         )

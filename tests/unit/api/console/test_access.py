@@ -62,20 +62,27 @@ def test_over_https_the_cookies_are_secure() -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "same"),
+    ("headers", "scheme", "same"),
     [
-        ({"host": "ops.example:8080", "origin": "http://ops.example:8080"}, True),
-        ({"host": "ops.example", "origin": "https://OPS.example"}, True),
-        ({"host": "ops.example", "referer": "https://ops.example/console/replay"}, True),
-        ({"host": "ops.example", "origin": "https://ops.example:8443"}, False),
-        ({"host": "ops.example", "origin": "https://evil.example"}, False),
-        ({"host": "ops.example", "origin": "https://ops.example.evil.example"}, False),
-        ({"host": "ops.example", "origin": "null"}, False),
-        ({"host": "ops.example", "origin": "javascript://ops.example"}, False),
-        ({"host": "ops.example", "referer": "https://evil.example/?ops.example"}, False),
-        ({"host": "ops.example"}, False),
-        ({"origin": "http://ops.example"}, False),
+        ({"host": "ops.example:8080", "origin": "http://ops.example:8080"}, "http", True),
+        ({"host": "ops.example", "origin": "https://OPS.example"}, "https", True),
+        ({"host": "ops.example", "referer": "https://ops.example/console/replay"}, "https", True),
+        ({"host": "ops.example", "origin": "https://ops.example:8443"}, "https", False),
+        ({"host": "ops.example", "origin": "https://evil.example"}, "https", False),
+        ({"host": "ops.example", "origin": "https://ops.example.evil.example"}, "https", False),
+        ({"host": "ops.example", "origin": "null"}, "https", False),
+        ({"host": "ops.example", "origin": "javascript://ops.example"}, "https", False),
+        ({"host": "ops.example", "referer": "https://evil.example/?ops.example"}, "https", False),
+        ({"host": "ops.example"}, "https", False),
+        ({"origin": "http://ops.example"}, "http", False),
+        # The same host under another scheme is another origin: a page served over
+        # plain http (or a proxy the API does not trust) is refused.
+        ({"host": "ops.example", "origin": "http://ops.example"}, "https", False),
+        ({"host": "ops.example", "origin": "https://ops.example"}, "http", False),
+        ({"host": "ops.example", "referer": "http://ops.example/console"}, "https", False),
     ],
 )
-def test_only_a_page_of_this_host_may_post(headers: dict[str, str], same: bool) -> None:
-    assert access.same_origin(headers) is same
+def test_only_a_page_of_this_origin_may_post(
+    headers: dict[str, str], scheme: str, same: bool
+) -> None:
+    assert access.same_origin(headers, scheme) is same

@@ -9,9 +9,15 @@ from urllib.parse import parse_qs
 import pytest
 
 from usage_ingest.api.console.refusal_filters import PAGE_SIZE, RefusalFilters, paging
-from usage_ingest.api.console.replay_form import ReplayForm, read_replay_form
+from usage_ingest.api.console.replay_form import (
+    MAX_LINK_CHARS,
+    MAX_REFERENCES,
+    ReplayForm,
+    read_replay_form,
+)
 from usage_ingest.api.console.replays import ReplayRequest
 from usage_ingest.api.errors import ApiError
+from usage_ingest.api.limits import MAX_PAGE
 from usage_ingest.store.rejection_list import RejectionFilter, RejectionFilterOp
 
 
@@ -42,7 +48,12 @@ def test_no_filter_is_every_refusal_newest_first() -> None:
     assert (query.filters, query.sort, query.offset) == ((), (), 0)
 
 
-@pytest.mark.parametrize("page", ["0", "-1", "x", ""])
+@pytest.mark.parametrize(
+    "page",
+    # "²" and "٣" are digits to str.isdigit, not to int; the next are past bigint and
+    # past the API's last page.
+    ["0", "-1", "x", "", "\N{SUPERSCRIPT TWO}", "\u0663", "9" * 23, str(MAX_PAGE + 1)],
+)
 def test_a_page_that_is_no_page_number_is_the_first(page: str) -> None:
     assert RefusalFilters.of({"page": [page]}).page == 1
 
@@ -106,6 +117,53 @@ def test_every_problem_of_the_form_at_once() -> None:
     assert read.request is None
     assert len(read.problems) == 3
     assert read.problems[0].startswith("since: 'tomorrow' is not a date-time")
+
+
+@pytest.mark.parametrize("number", ["\N{SUPERSCRIPT TWO}", "\u0663", "9" * 23, "1e3", " 5 5"])
+def test_a_count_that_is_no_plain_number_is_a_problem_of_the_form(number: str) -> None:
+    form = ReplayForm.of({"limit": [number], "max_replays": [number]}, submitted=True)
+    read = read_replay_form(form)
+    assert read.request is None
+    assert [p.split(":")[0] for p in read.problems] == ["limit", "max replays"]
+
+
+def test_the_largest_plain_numbers_are_taken() -> None:
+    form = ReplayForm.of({"limit": ["9" * 18], "max_replays": ["0"]}, submitted=False)
+    assert read_replay_form(form).problems == ["--max-replays must be at least 1"]
+
+
+def test_more_references_than_a_replay_takes_at_once_are_a_problem() -> None:
+    many = " ".join(f"r{i}" for i in range(MAX_REFERENCES + 1))
+    read = read_replay_form(ReplayForm.of({"references": [many]}, submitted=True))
+    assert read.request is None
+    assert read.problems == [
+        f"references: {MAX_REFERENCES + 1} given; at most {MAX_REFERENCES} at once: "
+        "replay them in parts"
+    ]
+    just = " ".join(f"r{i}" for i in range(MAX_REFERENCES))
+    assert read_replay_form(ReplayForm.of({"references": [just]}, submitted=True)).problems == []
+
+
+def test_references_too_long_for_the_forms_link_are_a_problem() -> None:
+    # Fewer than MAX_REFERENCES, but the "Change the filters" link would pass the
+    # server's limit on a request line.
+    long = "\n".join(f"{i:04d}-" + "x" * 90 for i in range(200))
+    form = ReplayForm.of({"references": [long]}, submitted=True)
+    assert len(form.link()) > MAX_LINK_CHARS
+    read = read_replay_form(form)
+    assert read.request is None
+    assert read.problems == [
+        f"references: these 200 are too long to carry at once (at most {MAX_LINK_CHARS} "
+        "characters in all): replay them in parts"
+    ]
+
+
+def test_more_codes_than_there_are_is_a_problem() -> None:
+    codes = [f"CODE_{i}" for i in range(500)]
+    read = read_replay_form(ReplayForm.of({"code": codes}, submitted=True))
+    assert read.request is None
+    assert read.problems[0].startswith("code: 500 codes given; there are ")
+    assert len(read.problems) == 1  # not the 500 unknown codes named one by one
 
 
 def test_the_requests_own_problems_are_the_forms() -> None:

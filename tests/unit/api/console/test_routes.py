@@ -12,11 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from usage_ingest import alert_thresholds
 from usage_ingest.api.app import create_app
 from usage_ingest.api.console import access
 from usage_ingest.api.console.overview import BrokerViewCache
+from usage_ingest.api.console.pages import PAGE_HEADERS
 from usage_ingest.api.console.replays import (
     ConsoleReplay,
     DryRunOutdated,
@@ -25,7 +27,7 @@ from usage_ingest.api.console.replays import (
     ReplayRequest,
     RunState,
 )
-from usage_ingest.errors import StoreUnavailable
+from usage_ingest.errors import StoreRefusedData, StoreUnavailable
 from usage_ingest.lag import LagReport, PartitionLag
 from usage_ingest.replay.selection import SkipReason
 from usage_ingest.replay.summary import ReplaySummary, Sample
@@ -43,6 +45,7 @@ class FakeStore:
     permissions: tuple[str, ...] = ("USAGE.READ", "DEAD_LETTER.REPLAY")
     workers: list[WorkerStatus] | None = None  # None: the reports fail
     fail_lists: bool = False
+    lists_raise: Exception | None = None
 
     async def find_console_session(self, token_hash: str) -> ConsoleSession | None:
         if token_hash != access.token_hash(TOKEN):
@@ -63,6 +66,8 @@ class FakeStore:
     async def list_rejections(self, query: Any) -> tuple[int, list[dict[str, Any]]]:
         if self.fail_lists:
             raise StoreUnavailable("list usage rejections: connection refused")
+        if self.lists_raise is not None:
+            raise self.lists_raise
         return 0, []
 
 
@@ -302,3 +307,102 @@ async def test_a_post_that_is_not_a_form_is_refused(console: Console) -> None:
         headers={**ORIGIN, "Content-Type": "application/json"},
     )
     assert refused.status_code == 415
+
+
+def assert_console_page(answer: httpx.Response, status: int) -> None:
+    """A console page (HTML, not the API's JSON) with every one of the console's headers."""
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    for name, value in PAGE_HEADERS.items():
+        assert answer.headers[name] == value, name
+
+
+async def test_a_form_of_too_many_fields_is_a_400_page_before_sign_in(console: Console) -> None:
+    fields = "&".join(f"f{i}=1" for i in range(1001))
+    with structlog.testing.capture_logs() as logs:
+        answer = await console.client.post(
+            "/console/sign-in",
+            content=fields.encode(),
+            headers={**ORIGIN, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+    assert_console_page(answer, 400)
+    assert "the form has more than 1000 fields" in answer.text
+    assert [e for e in logs if e["log_level"] == "error"] == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/console/refusals/%C2%B2", "/console/refusals/99999999999999999999999"],
+    ids=["superscript-two", "past-bigint"],
+)
+async def test_a_refusal_id_that_is_no_plain_number_is_not_found(
+    console: Console, path: str
+) -> None:
+    # The fake store has no get_rejection: asking it would fail the request.
+    assert_console_page(await console.client.get(path), 404)
+
+
+@pytest.mark.parametrize("page", ["%C2%B2", "99999999999999999999999"])
+async def test_a_page_that_is_no_plain_number_is_the_first(console: Console, page: str) -> None:
+    answer = await console.client.get(f"/console/refusals?page={page}")
+    assert_console_page(answer, 200)
+
+
+async def test_a_limit_that_is_no_plain_number_is_a_problem_of_the_replay_form(
+    console: Console,
+) -> None:
+    answer = await console.csrf_post("/console/replay", limit="\N{SUPERSCRIPT TWO}")
+    assert_console_page(answer, 400)
+    assert "limit: &#39;\N{SUPERSCRIPT TWO}&#39; is not a whole number" in answer.text
+    assert console.replays.started == []
+
+
+async def test_a_reference_with_a_control_character_is_a_problem_of_the_lookup(
+    console: Console,
+) -> None:
+    # The fake store has no get_usage: asking it would fail the request.
+    answer = await console.client.get("/console/lookup?reference=a%00b")
+    assert_console_page(answer, 400)
+    assert "the reference holds a control character" in answer.text
+    assert 'name="reference"' in answer.text  # the form, to correct it
+
+
+async def test_a_value_the_database_refuses_is_a_400_page(console: Console) -> None:
+    console.store.lists_raise = StoreRefusedData("list usage rejections: DataError: out of range")
+    answer = await console.client.get("/console/refusals")
+    assert_console_page(answer, 400)
+    assert "the database refused a value of this request" in answer.text
+    assert "DataError" not in answer.text
+
+
+async def test_an_unknown_console_address_is_a_console_page(console: Console) -> None:
+    answer = await console.client.get("/console/no-such-page%3Cb%3E")
+    assert_console_page(answer, 404)
+    assert "no-such-page" not in answer.text  # the path is not echoed
+
+
+async def test_a_wrong_method_is_a_console_page_naming_the_right_one(console: Console) -> None:
+    answer = await console.client.get("/console/sign-out")
+    assert_console_page(answer, 405)
+    assert answer.headers["allow"] == "POST"
+    assert "GET is not allowed here; this address takes POST" in answer.text
+
+
+async def test_an_unexpected_failure_under_console_carries_the_consoles_headers(
+    console: Console,
+) -> None:
+    console.store.lists_raise = RuntimeError("a bug")
+    with structlog.testing.capture_logs():
+        answer = await console.client.get("/console/refusals")
+    assert answer.status_code == 500
+    assert "a bug" not in answer.text
+    for name, value in PAGE_HEADERS.items():
+        assert answer.headers[name] == value, name
+
+
+async def test_the_apis_own_errors_keep_their_shape_and_headers(console: Console) -> None:
+    for path in ("/no-such-resource", "/consoles"):
+        answer = await console.client.get(path)
+        assert answer.status_code == 404
+        assert answer.json()["errors"][0]["code"] == "NOT_FOUND"
+        assert "content-security-policy" not in answer.headers
