@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.broker import produce_values
+from tests.support.cli import process_env
 from tests.support.database import DEMO_REFERENCE
 from tests.support.waiting import eventually
 from usage_ingest.dev.embedded import free_port
@@ -56,27 +56,6 @@ async def produce(settings: Settings, references: list[str]) -> None:
     await produce_values(
         settings.kafka_bootstrap_servers, settings.topic_events, [event(r) for r in references]
     )
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    """What an operator exports: this environment without USAGE_INGEST_*, plus the settings."""
-    assert settings.database_url is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_INGEST_")}
-    values = {
-        "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
-        "database_url": settings.database_url.get_secret_value(),
-        "group_id": settings.group_id,
-        "topic_events": settings.topic_events,
-        "topic_accepted": settings.topic_accepted,
-        "topic_rejected": settings.topic_rejected,
-        "topic_dlq": settings.topic_dlq,
-        "kafka_session_timeout_ms": settings.kafka_session_timeout_ms,
-        "batch_max_wait_ms": settings.batch_max_wait_ms,
-        "metrics_port": 0,
-        "log_format": "json",
-    }
-    env.update({f"USAGE_INGEST_{k.upper()}": str(v) for k, v in values.items()})
-    return env
 
 
 @contextmanager
@@ -186,7 +165,7 @@ async def test_the_exporter_sees_the_lag_grow_after_every_worker_is_killed(
         await store.load_reference(read_reference_file(DEMO_REFERENCE))
     finally:
         await store.close()
-    env = env_for(settings)
+    env = process_env(settings, metrics_port=0)
     port = free_port()
     exporter_args = ["lag", "--serve", str(port), "--host", "127.0.0.1", "--interval", INTERVAL_S]
     exporter_log = tmp_path / "exporter.log"

@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 
 from tests.support.broker import committed_offsets, produce_values, read_topic
+from tests.support.cli import process_env
 from tests.support.database import DEMO_REFERENCE
 from tests.support.settings import create_topics, make_settings
 from usage_ingest.dev.embedded import free_port
@@ -70,28 +71,6 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    """What a user exports: this environment without USAGE_INGEST_*, plus the settings."""
-    assert settings.database_url is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_INGEST_")}
-    values = {
-        "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
-        "database_url": settings.database_url.get_secret_value(),
-        "group_id": settings.group_id,
-        "topic_events": settings.topic_events,
-        "topic_accepted": settings.topic_accepted,
-        "topic_rejected": settings.topic_rejected,
-        "topic_dlq": settings.topic_dlq,
-        "kafka_session_timeout_ms": settings.kafka_session_timeout_ms,
-        "batch_max_wait_ms": settings.batch_max_wait_ms,
-        "batch_max_records": settings.batch_max_records,
-        "shutdown_grace_s": settings.shutdown_grace_s,
-        "log_format": "json",
-    }
-    env.update({f"USAGE_INGEST_{k.upper()}": str(v) for k, v in values.items()})
-    return env
 
 
 class LogFile:
@@ -190,7 +169,7 @@ async def test_a_killed_child_is_restarted_and_every_event_is_stored_once(
         await store.load_reference(read_reference_file(DEMO_REFERENCE))
     finally:
         await store.close()
-    env = env_for(settings)
+    env = process_env(settings)
     env["USAGE_INGEST_METRICS_PORT"] = str(base_port)
     log = LogFile(tmp_path / "run.log")
     references = [f"proc-{i:04d}" for i in range(EVENTS)]

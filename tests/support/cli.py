@@ -50,6 +50,30 @@ def cli_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def process_env(settings: Settings, **overrides: object) -> dict[str, str]:
+    """What an operator exports for a `usage-ingest` process: this environment without
+    USAGE_INGEST_*, plus the test's settings, plus `overrides` (setting name: value)."""
+    assert settings.database_url is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("USAGE_INGEST_")}
+    values: dict[str, object] = {
+        "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
+        "database_url": settings.database_url.get_secret_value(),
+        "group_id": settings.group_id,
+        "topic_events": settings.topic_events,
+        "topic_accepted": settings.topic_accepted,
+        "topic_rejected": settings.topic_rejected,
+        "topic_dlq": settings.topic_dlq,
+        "kafka_session_timeout_ms": settings.kafka_session_timeout_ms,
+        "batch_max_wait_ms": settings.batch_max_wait_ms,
+        "batch_max_records": settings.batch_max_records,
+        "shutdown_grace_s": settings.shutdown_grace_s,
+        "log_format": "json",
+        **overrides,
+    }
+    env.update({f"USAGE_INGEST_{k.upper()}": str(v) for k, v in values.items()})
+    return env
+
+
 class ApiProcess:
     """`usage-ingest api` as a child process, on a port of its own."""
 
