@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.api import ApiWorld, add_key, close_world, open_world
-from tests.support.database import create_database
+from tests.support.database import INSERT_REJECTION, INSERT_USAGE, create_database
 from usage_ingest.api.keys import Permission
 
 pytestmark = pytest.mark.integration
@@ -52,25 +52,11 @@ REJECTIONS: dict[str, tuple[Any, ...]] = {
 }  # fmt: skip
 NEWEST_FIRST = ["e", "d", "c", "b", "a", "f"]
 
-_INSERT_REJECTION = """
-INSERT INTO usage_rejections (external_reference, errors, codes, retryable, source_topic,
-    source_partition, source_offset, source_timestamp, failed_at, replay_count)
-VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)
-RETURNING id
-"""
-_INSERT_USAGE = """
-INSERT INTO usages (external_reference, contract_id, debtor_id, inventory_id, product_item_id,
-    product_ident, start_date, end_date, billable, payload_hash, raw_payload, source_topic,
-    source_partition, source_offset)
-VALUES ($1, 1, 1, 1, 1, 'voice.uk', $2, $2, true, 'hash', '{}', $3, 0, $4)
-RETURNING id
-"""
-
 
 async def insert_rejection(conn: asyncpg.Connection, row: tuple[Any, ...]) -> int:
     reference, errors, retryable, (topic, partition, offset, timestamp), failed, replays = row
     rejection_id: int = await conn.fetchval(
-        _INSERT_REJECTION,
+        INSERT_REJECTION,
         reference,
         json.dumps(errors),
         [e["code"] for e in errors],
@@ -87,7 +73,7 @@ async def insert_rejection(conn: asyncpg.Connection, row: tuple[Any, ...]) -> in
 
 async def insert_usage(conn: asyncpg.Connection, reference: str, offset: int) -> int:
     usage_id: int = await conn.fetchval(
-        _INSERT_USAGE, reference, at("2026-05-01T00:00:00Z"), T, offset
+        INSERT_USAGE, reference, at("2026-05-01T00:00:00Z"), T, offset
     )
     return usage_id
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.test_console import HOST, sign_in
 from tests.support.api import add_key, unique
-from tests.support.database import create_database
+from tests.support.database import INSERT_REJECTION, INSERT_USAGE, create_database
 from tests.support.settings import create_topics, make_settings
 from usage_ingest.api.app import create_app
 from usage_ingest.api.keys import Permission
@@ -30,20 +30,6 @@ pytestmark = pytest.mark.integration
 T = "usage.events"
 START = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 ROW_ID = re.compile(r'href="/console/refusals/(\d+)"')
-
-_INSERT_REJECTION = """
-INSERT INTO usage_rejections (external_reference, errors, codes, retryable, source_topic,
-    source_partition, source_offset, source_timestamp, failed_at, replay_count)
-VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)
-RETURNING id
-"""
-_INSERT_USAGE = """
-INSERT INTO usages (external_reference, contract_id, debtor_id, inventory_id, product_item_id,
-    product_ident, start_date, end_date, billable, payload_hash, raw_payload, source_topic,
-    source_partition, source_offset)
-VALUES ($1, 1, 1, 1, 1, 'voice.uk', $2, $2, true, 'hash', '{}', $3, 0, $4)
-RETURNING id
-"""
 
 
 @dataclass
@@ -86,7 +72,7 @@ async def seeded(kafka_bootstrap: str, postgres_admin_url: str) -> AsyncIterator
             errors = errors_of(i)
             ids.append(
                 await conn.fetchval(
-                    _INSERT_REJECTION,
+                    INSERT_REJECTION,
                     f"{prefix}-{i:03d}",
                     json.dumps(errors),
                     [e["code"] for e in errors],
@@ -99,7 +85,7 @@ async def seeded(kafka_bootstrap: str, postgres_admin_url: str) -> AsyncIterator
                     i % 2,
                 )
             )
-        usage_id = await conn.fetchval(_INSERT_USAGE, f"{prefix}-000", START, T, 1000)
+        usage_id = await conn.fetchval(INSERT_USAGE, f"{prefix}-000", START, T, 1000)
     finally:
         await conn.close()
     app = create_app(settings, store, OnDemandProducer(settings))

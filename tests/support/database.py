@@ -89,3 +89,20 @@ async def count_usages(url: str) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM usages"))
     finally:
         await conn.close()
+
+
+# Rows written straight into the tables, for the read side's tests (a refusal with its
+# errors and source; a usage under a reference).
+INSERT_REJECTION = """
+INSERT INTO usage_rejections (external_reference, errors, codes, retryable, source_topic,
+    source_partition, source_offset, source_timestamp, failed_at, replay_count)
+VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10)
+RETURNING id
+"""
+INSERT_USAGE = """
+INSERT INTO usages (external_reference, contract_id, debtor_id, inventory_id, product_item_id,
+    product_ident, start_date, end_date, billable, payload_hash, raw_payload, source_topic,
+    source_partition, source_offset)
+VALUES ($1, 1, 1, 1, 1, 'voice.uk', $2, $2, true, 'hash', '{}', $3, 0, $4)
+RETURNING id
+"""
