@@ -183,7 +183,16 @@ class WorkerReporter:
         return await self.report(stopping=True, timeout_s=LAST_REPORT_TIMEOUT_S)
 
     async def report(self, *, stopping: bool = False, timeout_s: float | None = None) -> bool:
-        """Sample the counters and write a report; whether it was stored."""
+        """Sample the counters and write a report; whether it was stored. Never raises
+        but for a cancellation: the reports are a side task, and a defect in them must
+        cost the worker neither its batches nor its stop."""
+        try:
+            return await self._report(stopping, timeout_s)
+        except Exception:
+            log.exception("worker_report_defect")
+            return False
+
+    async def _report(self, stopping: bool, timeout_s: float | None) -> bool:
         now = self._clock()
         self._tally.sample(self._metrics.outcome_totals(), now)
         self._tally.forget_before(minute_of(now - COUNTS_KEPT_S))

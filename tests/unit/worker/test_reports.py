@@ -191,6 +191,18 @@ async def test_a_refused_or_hanging_report_does_not_raise() -> None:
     assert not await reporter(Hanging(), clock, metrics).report(timeout_s=0.01)
 
 
+async def test_a_defect_in_a_report_is_logged_and_costs_the_worker_nothing() -> None:
+    store, clock, metrics = FakeStore(), Clock(T0), WorkerMetrics()
+    reports = reporter(store, clock, metrics)
+    store.fail = KeyError("a defect, not a database error")
+    with capture_logs() as logs:
+        assert not await reports.report()
+        assert not await reports.last_report()
+    assert [line["event"] for line in logs] == ["worker_report_defect"] * 2
+    store.fail = None
+    assert await reports.report()  # and the next one goes through
+
+
 async def test_the_heartbeat_carries_the_last_readiness_check() -> None:
     store, clock, metrics = FakeStore(), Clock(T0), WorkerMetrics()
     reports = reporter(store, clock, metrics)
