@@ -18,8 +18,9 @@ import asyncpg
 import pytest
 from structlog.testing import capture_logs
 
-from tests.integration.test_processes import LogFile, env_for, running, wait_until
+from tests.integration.test_processes import LogFile, running, wait_until
 from tests.support.broker import produce_values
+from tests.support.cli import process_env
 from tests.support.database import DEMO_REFERENCE, count_usages
 from tests.support.waiting import eventually
 from usage_ingest.domain.reference import read_reference_file
@@ -228,7 +229,7 @@ async def test_every_process_of_run_processes_reports_as_itself(
     settings: Settings, store: Store, tmp_path: Path
 ) -> None:
     log = LogFile(tmp_path / "run.log")
-    env = {**env_for(settings), "USAGE_INGEST_METRICS_PORT": "0"}
+    env = process_env(settings, metrics_port=0)
     with running(["run", "--processes", "2"], env, log.path) as proc:
 
         async def two_reported() -> bool:
