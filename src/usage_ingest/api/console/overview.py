@@ -38,8 +38,8 @@ READ_TIMEOUT_S = 3.0  # for each source: the broker, the workers' reports, the o
 CHART_MINUTES = 60
 # The window of UsageIngestRejectionRateHigh's rate().
 RATIO_WINDOW = timedelta(minutes=10)
-# A store method that fails is shown as unavailable; a stub raises NotImplementedError.
-_UNAVAILABLE = (UsageIngestError, NotImplementedError, TimeoutError)
+# A source that fails so is shown as unavailable; anything else is a defect, and raises.
+_UNAVAILABLE = (UsageIngestError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)

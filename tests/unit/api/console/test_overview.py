@@ -12,7 +12,7 @@ import pytest
 from usage_ingest import alert_thresholds
 from usage_ingest.api.console import overview
 from usage_ingest.api.console.overview import Alerts, BrokerViewCache, alerts_of, read_overview
-from usage_ingest.errors import BrokerUnavailable, StoreUnavailable
+from usage_ingest.errors import BrokerUnavailable, StatementTimedOut, StoreUnavailable
 from usage_ingest.lag import LagReport, PartitionLag
 from usage_ingest.settings import Settings
 from usage_ingest.store.worker_reports import OutcomeCount, WorkerStatus
@@ -198,7 +198,7 @@ async def test_the_overview_reads_every_source() -> None:
 
 async def test_a_source_that_fails_is_unavailable_and_the_rest_still_shows() -> None:
     store = FakeStore(
-        workers=NotImplementedError(),
+        workers=StatementTimedOut("worker statuses: statement timeout"),
         counts=StoreUnavailable("outcomes: timeout"),
         database_up=False,
     )
@@ -206,7 +206,10 @@ async def test_a_source_that_fails_is_unavailable_and_the_rest_still_shows() -> 
     assert view.workers is None
     assert view.chart is None
     assert not view.database_ready
-    assert view.problems == {"workers": "NotImplementedError", "outcomes": "outcomes: timeout"}
+    assert view.problems == {
+        "workers": "worker statuses: statement timeout",
+        "outcomes": "outcomes: timeout",
+    }
     assert view.broker.lag is not None
     assert not view.alerts.no_worker
 
