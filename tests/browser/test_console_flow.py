@@ -24,7 +24,12 @@ from playwright.async_api import Browser, Page, expect
 
 from tests.support.api import add_key
 from tests.support.cli import ApiProcess, cli_env, run_cli
-from tests.support.database import create_database, load_demo_reference
+from tests.support.database import (
+    LATE_INVENTORY,
+    LATE_PRODUCT,
+    create_database,
+    load_demo_reference,
+)
 from tests.support.events import Outgoing, produce
 from tests.support.settings import create_topics, make_settings
 from usage_ingest.api.keys import Permission
@@ -37,23 +42,6 @@ pytestmark = pytest.mark.timeout(150)
 
 SCREENSHOTS = Path(__file__).parents[2] / "build" / "console"
 WAIT_MS = 30_000  # for the worker and the broker, not a measure of speed
-# Product 2 exists, but its inventory record arrives late (the fix).
-LATE_PRODUCT = {
-    "productItems": [
-        {"id": 2, "reference": "late.usage", "type": "USAGE_BASED", "status": "ACTIVE"},
-    ]
-}
-LATE_INVENTORY = {
-    "usageProductInventories": [
-        {
-            "id": 2,
-            "siteId": 1,
-            "usageProductId": 2,
-            "startDate": "2020-01-01",
-            "productReferences": [{"productReference": "441200000002"}],
-        }
-    ]
-}
 LATE, UNKNOWN = 8, 2  # NO_INVENTORY refusals (fixed later), UNKNOWN_PRODUCT (never)
 REPORT_INTERVAL_S = 1.0  # the worker's reports, which the overview shows, every second
 

@@ -11,9 +11,7 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.broker import produce_values
-from tests.support.cli import process_env
+from tests.support.cli import process_env, running
 from tests.support.database import DEMO_REFERENCE
 from tests.support.waiting import eventually
 from usage_ingest.dev.embedded import free_port
@@ -30,7 +28,6 @@ from usage_ingest.lag import read_lag_report
 from usage_ingest.settings import Settings
 from usage_ingest.store.store import open_store
 
-EXE = str(Path(sys.executable).parent / "usage-ingest")
 WORKERS = 2
 INTERVAL_S = "0.5"
 EARLY_EVENTS = 6
@@ -56,21 +53,6 @@ async def produce(settings: Settings, references: list[str]) -> None:
     await produce_values(
         settings.kafka_bootstrap_servers, settings.topic_events, [event(r) for r in references]
     )
-
-
-@contextmanager
-def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A `usage-ingest` process writing to `log`; killed if still running at the end."""
-    with (
-        log.open("wb") as out,
-        subprocess.Popen([EXE, *args], env=env, stdout=out, stderr=subprocess.STDOUT) as proc,
-    ):
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 @dataclass

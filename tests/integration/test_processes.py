@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from tests.support.broker import committed_offsets, produce_values, read_topic
-from tests.support.cli import process_env
+from tests.support.cli import process_env, running
 from tests.support.database import DEMO_REFERENCE
 from tests.support.settings import create_topics, make_settings
 from usage_ingest.dev.embedded import free_port
@@ -93,20 +93,6 @@ class LogFile:
             ):
                 found.append(entry)
         return found
-
-
-@contextmanager
-def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with (
-        log.open("wb") as out,
-        subprocess.Popen([EXE, *args], env=env, stdout=out, stderr=subprocess.STDOUT) as proc,
-    ):
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:  # the test failed: SIGKILL; the children get SIGTERM
-                proc.kill()
-                proc.wait()
 
 
 async def wait_until(

@@ -39,7 +39,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.support.api import add_key
-from tests.support.database import DEMO_REFERENCE, create_database
+from tests.support.database import (
+    DEMO_REFERENCE,
+    LATE_INVENTORY,
+    LATE_PRODUCT,
+    create_database,
+)
 from tests.support.settings import make_settings
 from tests.support.worker import RunningWorker
 from usage_ingest.api.app import create_app
@@ -70,24 +75,6 @@ FAILURE_HEADERS = {
     "usage-ingest.source.partition",
     "usage-ingest.source.offset",
     "usage-ingest.failed-at",
-}
-
-# Product 2 'late.usage' exists; its inventory record arrives late.
-LATE_PRODUCT = {
-    "productItems": [
-        {"id": 2, "reference": "late.usage", "type": "USAGE_BASED", "status": "ACTIVE"},
-    ]
-}
-LATE_INVENTORY = {
-    "usageProductInventories": [
-        {
-            "id": 2,
-            "siteId": 1,
-            "usageProductId": 2,
-            "startDate": "2020-01-01",
-            "productReferences": [{"productReference": "441200000002"}],
-        }
-    ]
 }
 
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +75,24 @@ def process_env(settings: Settings, **overrides: object) -> dict[str, str]:
     }
     env.update({f"USAGE_INGEST_{k.upper()}": str(v) for k, v in values.items()})
     return env
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `usage-ingest` process writing to `log`; SIGKILLed if still running at the end
+    (the test failed; a supervisor's children then get SIGTERM from it)."""
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(
+            [str(USAGE_INGEST), *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        ) as proc,
+    ):
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 class ApiProcess:

@@ -106,3 +106,23 @@ INSERT INTO usages (external_reference, contract_id, debtor_id, inventory_id, pr
 VALUES ($1, 1, 1, 1, 1, 'voice.uk', $2, $2, true, 'hash', '{}', $3, 0, $4)
 RETURNING id
 """
+
+
+# Reference data that arrives late, for the fix-and-replay tests: product 2 'late.usage'
+# exists, and its inventory record is loaded once usages of it were refused.
+LATE_PRODUCT = {
+    "productItems": [
+        {"id": 2, "reference": "late.usage", "type": "USAGE_BASED", "status": "ACTIVE"},
+    ]
+}
+LATE_INVENTORY = {
+    "usageProductInventories": [
+        {
+            "id": 2,
+            "siteId": 1,
+            "usageProductId": 2,
+            "startDate": "2020-01-01",
+            "productReferences": [{"productReference": "441200000002"}],
+        }
+    ]
+}
